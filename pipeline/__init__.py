@@ -1,0 +1,1 @@
+"""Streaming framework: message codec, stage API, topology config, transport and launcher."""

@@ -1,0 +1,177 @@
+"""Command line: run, validate, stages, train, evaluate, bench."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from pipeline.errors import PipelineError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+log = logging.getLogger("pipeline")
+
+
+def _setup_logging(verbose: bool) -> int:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    return level
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+def main() -> None:
+    """Real-time facial emotion recognition as a streaming pipeline of processes."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--source", help="override the capture source: camera index, video file, image folder or URL")
+@click.option("--out", "out_dir", default="out", show_default=True, type=click.Path(file_okay=False),
+              help="directory for sink output (annotated.mp4, emotions.sqlite)")
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE", help="override a stage field or param")
+@click.option("--stages", "only", help="comma-separated stages to run on this machine (default: all)")
+@click.option("--runtime-dir", type=click.Path(file_okay=False),
+              help="folder for default ipc:// endpoints (give the same one to runs that share a machine)")
+@click.option("--stats", is_flag=True, help="print per-stage figures every few seconds")
+@click.option("--max-restarts", default=3, show_default=True, type=click.IntRange(0, 100),
+              help="restarts allowed per crashed worker")
+@click.option("-v", "--verbose", is_flag=True)
+def run(config, source, out_dir, overrides, only, runtime_dir, stats, max_restarts, verbose):
+    """Run the pipeline described by CONFIG until its sources end (or Ctrl-C)."""
+    from pipeline.config import load_topology
+    from pipeline.launcher import ProcessLauncher, install_signal_handlers
+    from pipeline.metrics import format_table, summarise
+
+    level = _setup_logging(verbose)
+    own_runtime = runtime_dir is None
+    runtime = Path(runtime_dir or tempfile.mkdtemp(prefix="emopipe-"))
+    try:
+        topology = load_topology(config, runtime, list(overrides), source)
+        names = [s.strip() for s in only.split(",")] if only else None
+        unknown = [n for n in names or [] if n not in topology.stages]
+        if unknown:
+            raise PipelineError(f"--stages: no stage named {', '.join(unknown)}; stages are {', '.join(topology.stages)}")
+
+        live: dict[tuple, dict] = {}
+        printed = [0.0]
+
+        def on_event(event: dict) -> None:
+            if event.get("event") in ("stats", "done"):
+                live[(event["stage"], event["worker"])] = event["stats"]
+                import time
+
+                if stats and time.monotonic() - printed[0] > 5:
+                    printed[0] = time.monotonic()
+                    click.echo(format_table(summarise(list(live.values()))), err=True)
+
+        launcher = ProcessLauncher(topology, {"out": str(Path(out_dir).resolve()), "log_level": level,
+                                              "log_format": LOG_FORMAT},
+                                   only=names, max_restarts=max_restarts, on_event=on_event)
+        install_signal_handlers(launcher)
+        result = launcher.run()
+    except PipelineError as exc:
+        _fail(exc)
+    finally:
+        if own_runtime:
+            shutil.rmtree(runtime, ignore_errors=True)
+    seconds = result.ended - result.started
+    click.echo(f"\n{topology.name}: finished in {seconds:.1f}s with exit code {result.code}")
+    click.echo(format_table(result.stages))
+    sys.exit(result.code)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE")
+@click.option("--source")
+def validate(config, overrides, source):
+    """Check CONFIG without starting anything."""
+    from pipeline.config import load_topology
+
+    try:
+        topology = load_topology(config, tempfile.gettempdir(), list(overrides), source)
+    except PipelineError as exc:
+        _fail(exc)
+    for name in topology.order:
+        stage = topology.stages[name]
+        inputs = ", ".join(link.source for link in stage.inputs) or "-"
+        click.echo(f"{name:<12} {stage.type:<10} workers={stage.workers}  inputs: {inputs}")
+    click.echo(f"{config}: ok")
+
+
+@main.command("stages")
+def list_stages():
+    """List the registered stage types and their params."""
+    from pipeline import registry
+
+    for type_name in sorted(registry.available()):
+        cls = registry.get(type_name)
+        click.echo(f"{type_name}  ({cls.__module__}.{cls.__name__}): {(cls.__doc__ or '').strip().splitlines()[0]}")
+        for field, info in cls.Params.model_fields.items():
+            click.echo(f"    {field} = {info.default!r}: {info.description or ''}")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True), help="FER2013 folder (train/, test/) or fer2013.csv")
+@click.option("--out", "out_dir", default="models/default", show_default=True, type=click.Path(file_okay=False))
+@click.option("--segmentation", type=click.Choice(["on", "off"]), default="off", show_default=True,
+              help="feed the K-means segmentation as a second input channel")
+@click.option("--epochs", default=24, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--limit", type=click.IntRange(1), help="use at most N training images per class (quick runs)")
+@click.option("--seed", default=1234, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="continue the unfinished run in --out from its last epoch")
+@click.option("--export-only", is_flag=True, help="only export and evaluate the finished run in --out")
+def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, resume, export_only):
+    """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
+    from train.train import TrainConfig, finalize, run_training
+
+    _setup_logging(False)
+    cfg = TrainConfig(data=data, out=out_dir, epochs=epochs, batch_size=batch_size, limit=limit, seed=seed,
+                      segmentation=segmentation == "on", resume=resume)
+    try:
+        meta = finalize(cfg) if export_only else run_training(cfg)
+    except PipelineError as exc:
+        _fail(exc)
+    ev = meta["evaluation"]
+    click.echo(f"{out_dir}: {ev['split']} accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}, n={ev['n']}")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
+              help="image folder with one subfolder per FER class name")
+@click.option("--model", help="model directory or .tflite (default: the shipped model)")
+@click.option("--detect", is_flag=True, help="find the largest face with Haar first (uncropped photos)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def evaluate(data, model, detect, as_json):
+    """Score a model on labelled images."""
+    from train.evaluate import evaluate_folder
+    from train.report import format_report
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    try:
+        result = evaluate_folder(data, model, detect)
+    except PipelineError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(format_report(result, f"{data}"), nl=False)
+    if result["no_face"]:
+        click.echo(f"no face found in {len(result['no_face'])} images (counted as misses)")
+    if result["skipped"]:
+        click.echo(f"skipped {len(result['skipped'])} unreadable images")
+
+
+if __name__ == "__main__":
+    main()

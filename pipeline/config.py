@@ -1,0 +1,326 @@
+"""Topology: the YAML file that says which stages run, how they connect and where.
+
+Everything is checked before any process starts: unknown keys, types and ranges of every
+stage's params, stage types, dangling inputs, cycles, endpoint clashes, and whether each
+stage's inputs carry what it needs. Errors name the place in the file, for example
+``stages[2] (segment).params.k: must be >= 2, got 0``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline import registry
+from pipeline.errors import ConfigError
+from pipeline.stage import Params, Stage
+
+Policy = Literal["block", "drop-oldest"]
+
+
+class InputConfig(BaseModel):
+    """One link into a stage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(alias="from", description="name of the upstream stage")
+    policy: Policy = Field("block", description="block: wait for room (files); drop-oldest: keep the newest frames (live sources)")
+    hwm: int = Field(4, ge=1, le=1000, description="queue bound in messages, on each side of the link")
+    codec: Literal["raw", "jpeg"] = Field("raw", description="image encoding on the wire; jpeg for links between machines")
+
+
+class StageConfig(BaseModel):
+    """One stage of the topology."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}$", description="unique stage name")
+    type: str = Field(description="registered stage type (see `run_pipeline.py stages`)")
+    inputs: list[InputConfig] = Field(default_factory=list, description="upstream links")
+    workers: int = Field(1, ge=1, le=64, description="processes sharing this stage's input")
+    endpoint: str | None = Field(None, description="where upstream stages connect: ipc://path or tcp://host:port")
+    bind: str | None = Field(None, description="what this stage binds, when it differs from endpoint (tcp://0.0.0.0:port)")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs_as_maps(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"from": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("endpoint", "bind")
+    @classmethod
+    def _endpoint_form(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"ipc://.+|tcp://[^:/]+:\d{1,5}", value):
+            raise ValueError(f"must look like ipc://path or tcp://host:port, got {value!r}")
+        return value
+
+
+class TopologyConfig(BaseModel):
+    """The whole file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("pipeline", description="pipeline name, used in logs")
+    stages: list[StageConfig] = Field(min_length=1)
+
+
+class Topology:
+    """A validated topology with its stage classes and typed params resolved.
+
+    Args:
+        config: the parsed file.
+        runtime_dir: folder for default ``ipc://`` endpoints.
+    """
+
+    def __init__(self, config: TopologyConfig, runtime_dir: str | Path):
+        self.config = config
+        self.runtime_dir = Path(runtime_dir)
+        self.stages: dict[str, StageConfig] = {}
+        self.classes: dict[str, type[Stage]] = {}
+        self.params: dict[str, Params] = {}
+        self._validate()
+
+    # --- queries ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def where(self, name: str) -> str:
+        """``stages[i] (name)``: the place of a stage in the file, for error messages."""
+        index = next(i for i, s in enumerate(self.config.stages) if s.name == name)
+        return f"stages[{index}] ({name})"
+
+    def consumers(self, name: str) -> list[tuple[StageConfig, InputConfig]]:
+        """Stages fed by ``name``, with the link config."""
+        return [(s, link) for s in self.stages.values() for link in s.inputs if link.source == name]
+
+    def endpoints(self, name: str) -> list[str]:
+        """One input endpoint per worker of ``name`` (what upstream stages connect to)."""
+        return _per_worker(self._endpoint(name), self.stages[name].workers)
+
+    def bind_endpoints(self, name: str) -> list[str]:
+        """What each worker of ``name`` binds."""
+        stage = self.stages[name]
+        return _per_worker(stage.bind or self._endpoint(name), stage.workers)
+
+    def expected_eos(self, name: str, stream: str) -> int:
+        """How many end-of-stream markers for ``stream`` reach each worker of ``name``."""
+        return sum(self.stages[link.source].workers for link in self.stages[name].inputs
+                   if stream in self.streams[link.source])
+
+    @cached_property
+    def streams(self) -> dict[str, frozenset[str]]:
+        """Stage name -> ids of the streams (source stages) that flow through it."""
+        result: dict[str, frozenset[str]] = {}
+        for name in self.order:
+            stage = self.stages[name]
+            if self.classes[name].is_source:
+                result[name] = frozenset({self.stream_id(name)})
+            else:
+                result[name] = frozenset().union(*(result[link.source] for link in stage.inputs))
+        return result
+
+    def stream_id(self, source_name: str) -> str:
+        """The stream id a source stage stamps on its messages (its ``stream`` param or its name)."""
+        return str(getattr(self.params[source_name], "stream", None) or source_name)
+
+    @cached_property
+    def order(self) -> list[str]:
+        """Stage names, every stage after its inputs."""
+        return _topological_order(self.config.stages)
+
+    # --- validation ------------------------------------------------------------
+    def _endpoint(self, name: str) -> str:
+        return self.stages[name].endpoint or f"ipc://{self.runtime_dir / name}"
+
+    def _validate(self) -> None:
+        seen: dict[str, int] = {}
+        for i, stage in enumerate(self.config.stages):
+            where = f"stages[{i}] ({stage.name})"
+            if stage.name in seen:
+                raise ConfigError(f"{where}.name: duplicate of stages[{seen[stage.name]}]")
+            seen[stage.name] = i
+            try:
+                cls = registry.get(stage.type)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.type: {exc}") from None
+            try:
+                params = cls.Params(**stage.params)
+            except ValidationError as exc:
+                raise ConfigError(_format_validation(exc, f"{where}.params")) from None
+            self.stages[stage.name], self.classes[stage.name], self.params[stage.name] = stage, cls, params
+
+        for i, stage in enumerate(self.config.stages):
+            where = f"stages[{i}] ({stage.name})"
+            cls = self.classes[stage.name]
+            if cls.is_source and stage.inputs:
+                raise ConfigError(f"{where}.inputs: a {stage.type} stage is a source and takes no inputs")
+            if not cls.is_source and not stage.inputs:
+                raise ConfigError(f"{where}.inputs: required: a {stage.type} stage needs an upstream stage")
+            for j, link in enumerate(stage.inputs):
+                if link.source not in self.stages:
+                    raise ConfigError(f"{where}.inputs[{j}]: no stage named {link.source!r}; "
+                                      f"stages are {', '.join(self.stages)}")
+                if self.classes[link.source].is_sink:
+                    raise ConfigError(f"{where}.inputs[{j}]: {link.source!r} is a sink and has no output")
+            if stage.workers > 1 and (cls.is_source or cls.ordered_input):
+                raise ConfigError(f"{where}.workers: must be 1 for a {stage.type} stage "
+                                  f"({'a source' if cls.is_source else 'it needs frames in order'}), got {stage.workers}")
+        try:
+            _topological_order(self.config.stages)
+        except ConfigError as exc:
+            raise ConfigError(f"stages: {exc}") from None
+        self._check_contracts()
+        self._check_endpoints()
+
+    def _check_contracts(self) -> None:
+        provided: dict[str, frozenset[str]] = {}
+        for name in self.order:
+            stage, cls = self.stages[name], self.classes[name]
+            upstream = frozenset().union(*(provided[link.source] for link in stage.inputs)) if stage.inputs else frozenset()
+            needs = cls.requirements(self.params[name])
+            missing = needs - upstream
+            if missing:
+                raise ConfigError(
+                    f"{self.where(name)}.inputs: a {stage.type} stage needs {', '.join(sorted(missing))} "
+                    f"from upstream, which its inputs ({', '.join(link.source for link in stage.inputs)}) do not provide"
+                )
+            provided[name] = upstream | cls.provides
+
+    def _check_endpoints(self) -> None:
+        owner: dict[str, str] = {}
+        for name, stage in self.stages.items():
+            if self.classes[name].is_source:
+                continue
+            for endpoint in self.bind_endpoints(name):
+                key = re.sub(r"^tcp://[^:]+:", "tcp://*:", endpoint)  # one port, whatever the host
+                if key in owner:
+                    raise ConfigError(f"{self.where(name)}.endpoint: {endpoint} clashes with stage {owner[key]!r}")
+                owner[key] = name
+
+
+def _per_worker(endpoint: str, workers: int) -> list[str]:
+    """Worker i of a stage listens on port + i (tcp) or path-i (ipc)."""
+    if workers == 1:
+        return [endpoint]
+    if endpoint.startswith("tcp://"):
+        base, _, port = endpoint.rpartition(":")
+        return [f"{base}:{int(port) + i}" for i in range(workers)]
+    return [f"{endpoint}-{i}" for i in range(workers)]
+
+
+def _topological_order(stages: list[StageConfig]) -> list[str]:
+    names = {s.name for s in stages}
+    deps = {s.name: [link.source for link in s.inputs if link.source in names] for s in stages}
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1: visiting, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name):] + [name]
+            raise ConfigError(f"cycle {' -> '.join(reversed(cycle))}")
+        state[name] = 1
+        for dep in deps[name]:
+            visit(dep, path + [name])
+        state[name] = 2
+        order.append(name)
+
+    for s in stages:
+        visit(s.name, [])
+    return order
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "extra_forbidden": "unknown key",
+    "missing": "required",
+}
+
+
+def _format_validation(exc: ValidationError, prefix: str) -> str:
+    """Turn pydantic errors into ``prefix.key: what is wrong, got value`` lines."""
+    lines = []
+    for err in exc.errors():
+        path = prefix
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        template = _MESSAGES.get(err["type"])
+        text = template.format(**err.get("ctx", {})) if template else err["msg"].removeprefix("Value error, ")
+        text = text[0].lower() + text[1:]
+        got = "" if err["type"] in ("missing", "extra_forbidden", "value_error") else f", got {err['input']!r}"
+        lines.append(f"{path}: {text}{got}")
+    return "\n".join(lines)
+
+
+def load_topology(
+    path: str | Path,
+    runtime_dir: str | Path,
+    overrides: list[str] | None = None,
+    source: str | None = None,
+) -> Topology:
+    """Read, override and validate a topology file.
+
+    Args:
+        path: the YAML file.
+        runtime_dir: folder for default ipc endpoints.
+        overrides: ``stage.key=value`` strings; ``key`` is a stage field (``workers``,
+            ``endpoint``) or a param; the value is parsed as YAML.
+        source: sets ``params.source`` of the (single) source stage.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a map with a `stages:` list")
+    stages = raw.get("stages")
+    if isinstance(stages, list):
+        _apply_overrides(stages, overrides or [], source)
+    try:
+        config = TopologyConfig(**raw)
+    except ValidationError as exc:
+        text = _format_validation(exc, "").replace("\n.", "\n").lstrip(".")
+        names = {i: s.get("name") for i, s in enumerate(stages or []) if isinstance(s, dict)}
+        text = re.sub(r"stages\[(\d+)\]", lambda m: f"{m.group(0)} ({names.get(int(m.group(1)), '?')})", text)
+        raise ConfigError("\n".join(f"{path}: {line}" for line in text.splitlines())) from None
+    try:
+        return Topology(config, runtime_dir)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _apply_overrides(stages: list[Any], overrides: list[str], source: str | None) -> None:
+    by_name = {s.get("name"): s for s in stages if isinstance(s, dict)}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        stage_name, dot, field = key.partition(".")
+        if not sep or not dot or not field:
+            raise ConfigError(f"--set {item!r}: expected stage.key=value")
+        if stage_name not in by_name:
+            raise ConfigError(f"--set {item!r}: no stage named {stage_name!r}; stages are {', '.join(map(str, by_name))}")
+        target = by_name[stage_name]
+        if field not in StageConfig.model_fields:
+            target = target.setdefault("params", {}) or {}
+            by_name[stage_name]["params"] = target
+        target[field] = yaml.safe_load(value)
+    if source is not None:
+        sources = [s for s in by_name.values() if s.get("type") == "capture"]
+        if len(sources) != 1:
+            raise ConfigError(f"--source: the topology has {len(sources)} capture stages; use --set NAME.source=... instead")
+        sources[0].setdefault("params", {})
+        sources[0]["params"]["source"] = source

@@ -1,0 +1,29 @@
+"""One exception hierarchy for the whole project."""
+
+
+class PipelineError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """The topology YAML or a stage's parameters are invalid.
+
+    The message names the place in the file, e.g.
+    ``stages[2] (segment).params.k: must be >= 2, got 0``.
+    """
+
+
+class MessageError(PipelineError):
+    """A message on the wire could not be decoded (malformed, oversized, wrong version)."""
+
+
+class SourceError(PipelineError):
+    """A capture source (camera, file, folder, URL) cannot be opened or read."""
+
+
+class ModelError(PipelineError):
+    """A model file is missing, unreadable, or does not fit the topology."""
+
+
+class DataError(PipelineError):
+    """A training or evaluation data folder is empty or laid out wrongly."""

@@ -1,0 +1,87 @@
+"""Face preprocessing shared by training, evaluation and the serving stages.
+
+Training and serving must see the same pixels, so every path from an image to the CNN's
+input goes through the functions here.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from sklearn.cluster import KMeans
+
+FACE_SIZE = 48  # FER2013 resolution; the CNN's input is FACE_SIZE x FACE_SIZE
+
+# FER2013's label order (the csv's `emotion` column indexes this tuple).
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+_GRID_Y, _GRID_X = (g.ravel() / (FACE_SIZE - 1) for g in np.mgrid[0:FACE_SIZE, 0:FACE_SIZE].astype(np.float32))
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """Return a single-channel uint8 view of a BGR or gray image."""
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+def crop_face(gray: np.ndarray, box: tuple[int, int, int, int] | list[int]) -> np.ndarray:
+    """Cut a detected face out of a gray frame and resize it to the CNN's input size.
+
+    Haar boxes are tight around the features, like FER2013's crops, so the box is used
+    as is (clipped to the frame).
+    """
+    x, y, w, h = (int(v) for v in box)
+    height, width = gray.shape[:2]
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"face box {list(box)} lies outside the {width}x{height} frame")
+    crop = gray[y0:y1, x0:x1]
+    interp = cv2.INTER_AREA if crop.shape[0] > FACE_SIZE else cv2.INTER_LINEAR
+    return cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=interp)
+
+
+def segment_face(face: np.ndarray, k: int = 4, spatial_weight: float = 0.35, seed: int = 0) -> np.ndarray:
+    """Cluster a 48x48 gray face into ``k`` regions with K-means.
+
+    Each pixel is described by its intensity and, with a smaller weight, its position,
+    so clusters are compact dark or bright regions. Labels are renumbered by the mean
+    intensity of their cluster (0 = darkest), which makes them comparable across faces:
+    the darkest regions are eyes, brows, nostrils and the mouth opening, the brightest
+    are forehead, cheeks and teeth.
+
+    Args:
+        face: uint8 array of shape (48, 48).
+        k: number of regions (>= 2).
+        spatial_weight: weight of the (x, y) position against intensity, both in [0, 1].
+        seed: K-means seed, fixed so that training and serving agree.
+
+    Returns:
+        uint8 label map of shape (48, 48) with values in ``0..k-1``.
+    """
+    if face.shape != (FACE_SIZE, FACE_SIZE):
+        raise ValueError(f"segment_face expects a {FACE_SIZE}x{FACE_SIZE} face, got {face.shape}")
+    intensity = face.astype(np.float32).ravel() / 255.0
+    features = np.stack([intensity, spatial_weight * _GRID_X, spatial_weight * _GRID_Y], axis=1)
+    km = KMeans(n_clusters=k, n_init=1, max_iter=30, random_state=seed).fit(features)
+    order = np.argsort(km.cluster_centers_[:, 0])  # cluster ids sorted dark -> bright
+    rank = np.empty(k, dtype=np.uint8)
+    rank[order] = np.arange(k, dtype=np.uint8)
+    return rank[km.labels_].reshape(FACE_SIZE, FACE_SIZE)
+
+
+def segmentation_channel(labels: np.ndarray, k: int) -> np.ndarray:
+    """Encode a label map as a uint8 image channel (0 = darkest region, 255 = brightest)."""
+    return (labels.astype(np.uint16) * 255 // max(k - 1, 1)).astype(np.uint8)
+
+
+def model_input(faces: np.ndarray, seg_channels: np.ndarray | None = None) -> np.ndarray:
+    """Stack faces (N, 48, 48) and optional segmentation channels into the CNN's input.
+
+    Returns float32 (N, 48, 48, C) with raw 0..255 values: scaling happens inside the model.
+    """
+    x = faces[..., None]
+    if seg_channels is not None:
+        x = np.concatenate([x, seg_channels[..., None]], axis=-1)
+    return x.astype(np.float32)

@@ -1,0 +1,89 @@
+"""Per-stage counters and timings, kept by the runner and summarised by the launcher."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def percentile(values, q: float) -> float | None:
+    """The q-th percentile of values, or None when there are none."""
+    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+@dataclass
+class StageMetrics:
+    """What one worker counted. Timings keep the last 20,000 frames, enough for any percentile."""
+
+    stage: str
+    worker: int
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped: int = 0  # drop-oldest: older frames discarded at this stage's input or output
+    late: int = 0  # frames that arrived after the reorder buffer had moved past them
+    errors: int = 0  # malformed messages and exceptions in process()
+    busy_s: float = 0.0  # time spent in process(), for CPU share and ideal throughput
+    cpu_s: float = 0.0
+    rss_mib: float = 0.0
+    process_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))
+    wait_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))  # capture -> here (sinks)
+    latency_series: list = field(default_factory=list)  # (seq, ms) at sinks, for plots
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able summary sent to the launcher."""
+        return {
+            "stage": self.stage,
+            "worker": self.worker,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "dropped": self.dropped,
+            "late": self.late,
+            "errors": self.errors,
+            "busy_s": round(self.busy_s, 4),
+            "cpu_s": round(self.cpu_s, 3),
+            "rss_mib": round(self.rss_mib, 1),
+            "process_ms": list(self.process_ms),
+            "wait_ms": list(self.wait_ms),
+            "latency_ms": list(self.latency_ms),
+        }
+
+
+def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Merge worker snapshots into one row per stage."""
+    rows: dict[str, dict[str, Any]] = {}
+    for snap in snapshots:
+        row = rows.setdefault(snap["stage"], {"workers": 0, "frames_in": 0, "frames_out": 0, "dropped": 0, "late": 0,
+                                              "errors": 0, "busy_s": 0.0, "cpu_s": 0.0, "rss_mib": 0.0,
+                                              "process_ms": [], "wait_ms": [], "latency_ms": []})
+        row["workers"] += 1
+        for key in ("frames_in", "frames_out", "dropped", "late", "errors", "busy_s", "cpu_s"):
+            row[key] += snap[key]
+        row["rss_mib"] = max(row["rss_mib"], snap["rss_mib"])
+        for key in ("process_ms", "wait_ms", "latency_ms"):
+            row[key] = row[key] + snap[key]
+    for row in rows.values():
+        for key in ("process_ms", "wait_ms", "latency_ms"):
+            values = row.pop(key)
+            row[f"{key[:-3]}_p50_ms"] = percentile(values, 50)
+            row[f"{key[:-3]}_p95_ms"] = percentile(values, 95)
+            if key == "latency_ms":
+                row["latency_p99_ms"] = percentile(values, 99)
+    return rows
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """A fixed-width table of the per-stage summary."""
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    head = f"{'stage':<12}{'workers':>8}{'in':>7}{'out':>7}{'dropped':>8}{'errors':>7}{'p50 ms':>8}{'p95 ms':>8}{'wait p50':>9}{'RSS MiB':>9}"
+    lines = [head]
+    for name, r in rows.items():
+        lines.append(f"{name:<12}{r['workers']:>8}{r['frames_in']:>7}{r['frames_out']:>7}{r['dropped']:>8}{r['errors']:>7}"
+                     f"{ms(r['process_p50_ms']):>8}{ms(r['process_p95_ms']):>8}{ms(r['wait_p50_ms']):>9}{r['rss_mib']:>9.0f}")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Putting frames back in capture order after stages with several workers."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from pipeline.message import Message
+
+
+class ReorderBuffer:
+    """A bounded per-stream reorder buffer.
+
+    Frames are released in ``seq`` order. A missing frame (dropped by a leaky link, or lost
+    with a crashed worker) is waited for at most ``max_wait_s`` or until ``capacity`` later
+    frames are held, then skipped. A frame arriving after it was skipped is late: dropped
+    and counted, so the output stays in order.
+    """
+
+    def __init__(self, capacity: int = 64, max_wait_s: float = 1.0):
+        self.capacity = capacity
+        self.max_wait_s = max_wait_s
+        self._next: dict[str, int] = defaultdict(int)
+        self._held: dict[str, dict[int, tuple[float, Message]]] = defaultdict(dict)
+
+    def push(self, msg: Message) -> tuple[list[Message], int]:
+        """Add a frame; return the frames now ready in order and how many were late (0 or 1)."""
+        stream = msg.stream
+        if msg.seq < self._next[stream]:
+            return [], 1
+        self._held[stream][msg.seq] = (time.monotonic(), msg)
+        ready = self._release(stream)
+        if len(self._held[stream]) > self.capacity:
+            ready += self._skip(stream)
+        return ready, 0
+
+    def expired(self) -> list[Message]:
+        """Frames released because the gap before them waited longer than ``max_wait_s``."""
+        now = time.monotonic()
+        ready: list[Message] = []
+        for stream, held in self._held.items():
+            if held and now - min(t for t, _ in held.values()) > self.max_wait_s:
+                ready += self._skip(stream)
+        return ready
+
+    def flush(self, stream: str) -> list[Message]:
+        """Release everything held for ``stream`` in order (end-of-stream)."""
+        held = self._held.pop(stream, {})
+        return [held[seq][1] for seq in sorted(held)]
+
+    def _release(self, stream: str) -> list[Message]:
+        held, ready = self._held[stream], []
+        while self._next[stream] in held:
+            ready.append(held.pop(self._next[stream])[1])
+            self._next[stream] += 1
+        return ready
+
+    def _skip(self, stream: str) -> list[Message]:
+        held = self._held[stream]
+        if not held:
+            return []
+        self._next[stream] = min(held)
+        return self._release(stream)

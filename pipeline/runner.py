@@ -1,0 +1,373 @@
+"""The loop around a stage: sockets, policies, end-of-stream, reordering, metrics, errors.
+
+One call of ``run_worker`` is one worker of one stage. The launcher runs it in a process
+(production) or a thread (fast tests); sockets are always made here, from a fresh context.
+
+Wiring: every worker of a consumer stage binds its own endpoint; every producer worker holds
+one PUSH socket per consumer worker and spreads frames over them itself. Doing the round
+robin here (instead of letting one PUSH socket do it) lets a producer skip a worker whose
+queue is full or which is restarting, and send end-of-stream to every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import msgpack
+import zmq
+
+from pipeline.config import InputConfig, Topology
+from pipeline.errors import MessageError, PipelineError
+from pipeline.message import Message, decode, encode
+from pipeline.metrics import StageMetrics
+from pipeline.reorder import ReorderBuffer
+from pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100
+STATS_EVERY_S = 1.0
+EOS_SEND_TIMEOUT_S = 60.0  # long enough for a crashed consumer worker to be restarted
+
+
+class Output:
+    """One link to a consumer stage: a PUSH socket per consumer worker, and a send policy."""
+
+    def __init__(self, ctx: zmq.Context, endpoints: list[str], link: InputConfig, stop: threading.Event):
+        self.link = link
+        self.stop = stop
+        self.sockets = []
+        for endpoint in endpoints:
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, link.hwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to workers that are connected
+            sock.connect(endpoint)
+            self.sockets.append(sock)
+        self._next = 0
+        self._poller = zmq.Poller()
+        for sock in self.sockets:
+            self._poller.register(sock, zmq.POLLOUT)
+
+    def send(self, frames: list) -> bool:
+        """Send to the next worker with room. Returns False if the frame was dropped."""
+        n = len(self.sockets)
+        while not self.stop.is_set():
+            for k in range(n):
+                i = (self._next + k) % n
+                try:
+                    self.sockets[i].send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    continue
+                self._next = (i + 1) % n
+                return True
+            if self.link.policy == "drop-oldest":
+                return False  # every queue is full: the consumer keeps the frames it has
+            self._poller.poll(POLL_MS)
+        return False
+
+    def broadcast(self, frames: list) -> None:
+        """Send to every worker (end-of-stream), waiting for restarting workers up to a limit."""
+        deadline = time.monotonic() + EOS_SEND_TIMEOUT_S
+        for sock in self.sockets:
+            while True:
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    if self.stop.is_set() or time.monotonic() > deadline:
+                        log.error("end-of-stream not delivered to %s", sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                        break
+                    sock.poll(POLL_MS, zmq.POLLOUT)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close(linger=0)
+
+
+class Input:
+    """A worker's bound PULL socket. With a drop-oldest link it keeps only the newest frames."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, links: list[InputConfig], metrics: StageMetrics, name: str):
+        self.sock = ctx.socket(zmq.PULL)
+        self.capacity = max(link.hwm for link in links)
+        self.sock.setsockopt(zmq.RCVHWM, self.capacity)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        self.leaky = any(link.policy == "drop-oldest" for link in links)
+        self.pending: deque[Message] = deque()
+        self.metrics = metrics
+        self.name = name
+        self.errors: list[str] = []
+
+    def next(self, timeout_ms: int) -> Message | None:
+        """The next message to process, or None after ``timeout_ms`` without one."""
+        if self.leaky:
+            self._drain()
+        if not self.pending and self.sock.poll(timeout_ms):
+            self._drain(limit=None if self.leaky else 1)
+        return self.pending.popleft() if self.pending else None
+
+    def _drain(self, limit: int | None = None) -> None:
+        received = 0
+        while limit is None or received < limit:
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            received += 1
+            try:
+                msg = decode(frames)
+            except MessageError as exc:
+                self.metrics.errors += 1
+                log.error("%s: dropped malformed message: %s", self.name, exc)
+                self.errors.append(str(exc))
+                continue
+            msg.meta["_received"] = time.time()
+            self.pending.append(msg)
+            if self.leaky:
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        frames = [m for m in self.pending if not m.is_eos]
+        while len(frames) > self.capacity:
+            self.pending.remove(frames.pop(0))  # end-of-stream is never dropped
+            self.metrics.dropped += 1
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class Control:
+    """Events to the launcher (started, stats, error, done, fatal) over a PUSH socket."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str | None, stage: str, worker: int):
+        self.sock = None
+        if endpoint:
+            self.sock = ctx.socket(zmq.PUSH)
+            self.sock.setsockopt(zmq.LINGER, 1000)
+            self.sock.setsockopt(zmq.SNDHWM, 1000)
+            self.sock.connect(endpoint)
+        self.base = {"stage": stage, "worker": worker, "pid": os.getpid()}
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.send(msgpack.packb({"event": event, **self.base, **data}), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the launcher is gone or flooded: events are advisory
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def run_worker(
+    topology: Topology,
+    name: str,
+    worker: int,
+    context: dict[str, Any],
+    control_endpoint: str | None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run one worker of stage ``name`` until end-of-stream or ``stop``. Returns an exit code."""
+    stop = stop or threading.Event()
+    in_process = threading.current_thread() is threading.main_thread()
+    if in_process:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C for the group
+    label = f"{name}[{worker}]" if topology.stages[name].workers > 1 else name
+    ctx = zmq.Context()
+    control = Control(ctx, control_endpoint, name, worker)
+    metrics = StageMetrics(name, worker)
+    stage_cls = topology.classes[name]
+    stage: Stage = stage_cls(topology.params[name], name=name,
+                             context={**context, "worker": worker, "label": label,
+                                      "stream": topology.stream_id(name) if stage_cls.is_source else None})
+    outputs: list[Output] = []
+    inp: Input | None = None
+    try:
+        for consumer, link in topology.consumers(name):
+            outputs.append(Output(ctx, topology.endpoints(consumer.name), link, stop))
+        if not stage_cls.is_source:
+            inp = Input(ctx, topology.bind_endpoints(name)[worker], topology.stages[name].inputs, metrics, label)
+        try:
+            stage.on_start()
+        except PipelineError as exc:  # bad source, model, file: restarting will not help
+            log.error("%s: %s", label, exc)
+            control.emit("fatal", error=str(exc))
+            return 2
+        control.emit("started")
+        loop = _Loop(topology, name, label, stage, inp, outputs, metrics, control, stop, in_process)
+        loop.run()
+        return 0
+    finally:
+        try:
+            stage.on_stop()
+        except Exception:  # noqa: BLE001 - a failing flush is reported, the worker still exits
+            log.exception("%s: on_stop failed", label)
+        _resources(metrics)
+        control.emit("done", stats=metrics.snapshot())
+        for out in outputs:
+            out.close()
+        if inp is not None:
+            inp.close()
+        control.close()
+        ctx.term()
+
+
+def _resources(metrics: StageMetrics) -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    metrics.cpu_s = usage.ru_utime + usage.ru_stime
+    try:
+        with open("/proc/self/statm") as f:
+            metrics.rss_mib = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        metrics.rss_mib = usage.ru_maxrss / 1024
+
+
+class _Loop:
+    """The receive-process-send loop of one worker (see ``run_worker``)."""
+
+    def __init__(self, topology, name, label, stage, inp, outputs, metrics, control, stop, in_process):
+        self.topology, self.name, self.label, self.stage = topology, name, label, stage
+        self.inp, self.outputs, self.metrics, self.control, self.stop = inp, outputs, metrics, control, stop
+        self.parent = os.getppid() if in_process else None
+        self.is_sink = type(stage).is_sink
+        self.reorder = ReorderBuffer() if type(stage).ordered_input else None
+        self._encoded: dict[str, list] = {}
+        self._last_stats = time.monotonic()
+
+    def run(self) -> None:
+        if self.inp is None:
+            self._run_source()
+        else:
+            self._run_stage()
+
+    # --- sources ---------------------------------------------------------------
+    def _run_source(self) -> None:
+        stream = self.stage.context["stream"]
+        count = 0
+        t0 = time.perf_counter()
+        for msg in self.stage.generate():
+            busy = time.perf_counter() - t0
+            self.metrics.busy_s += busy
+            self.metrics.process_ms.append(busy * 1000)
+            msg.stream, msg.seq = stream, count
+            count += 1
+            self._emit(msg)
+            self._tick()
+            if self.stop.is_set() or self._orphaned():
+                break
+            t0 = time.perf_counter()
+        if not self.stop.is_set():
+            self._broadcast(Message.eos(stream, count))
+
+    # --- other stages -----------------------------------------------------------
+    def _run_stage(self) -> None:
+        waiting = {s: self.topology.expected_eos(self.name, s) for s in self.topology.streams[self.name]}
+        while waiting and not self.stop.is_set() and not self._orphaned():
+            msg = self.inp.next(POLL_MS)
+            if self.inp.errors:
+                for error in self.inp.errors:
+                    self.control.emit("error", error=f"malformed message: {error}")
+                self.inp.errors.clear()
+            if msg is not None:
+                if msg.is_eos:
+                    self._on_eos(msg, waiting)
+                else:
+                    self._on_frame(msg)
+            if self.reorder is not None:
+                for ready in self.reorder.expired():
+                    self._process(ready)
+            self._tick()
+
+    def _on_frame(self, msg: Message) -> None:
+        self.metrics.frames_in += 1
+        received = msg.meta.pop("_received", time.time())
+        upstream = max(msg.stamps.values(), default=msg.ts)
+        self.metrics.wait_ms.append(max(0.0, received - upstream) * 1000)
+        if self.reorder is None:
+            self._process(msg)
+            return
+        ready, late = self.reorder.push(msg)
+        self.metrics.late += late
+        for m in ready:
+            self._process(m)
+
+    def _on_eos(self, msg: Message, waiting: dict[str, int]) -> None:
+        if msg.stream not in waiting:
+            log.warning("%s: end-of-stream for unknown or finished stream %r ignored", self.label, msg.stream)
+            return
+        waiting[msg.stream] -= 1
+        if waiting[msg.stream] > 0:
+            return  # other upstream workers still have frames of this stream
+        del waiting[msg.stream]
+        if self.reorder is not None:
+            for m in self.reorder.flush(msg.stream):
+                self._process(m)
+        self.stage.on_eos(msg)
+        self._broadcast(msg)
+        log.info("%s: end of stream %s after %d frames", self.label, msg.stream, msg.seq)
+
+    def _process(self, msg: Message) -> None:
+        t0 = time.perf_counter()
+        try:
+            out = self.stage.process(msg)
+        except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the stage
+            self.metrics.errors += 1
+            log.exception("%s: stream %s frame %d: %s", self.label, msg.stream, msg.seq, exc)
+            self.control.emit("error", error=f"stream {msg.stream} frame {msg.seq}: {exc!r}")
+            return
+        busy = time.perf_counter() - t0
+        self.metrics.busy_s += busy
+        self.metrics.process_ms.append(busy * 1000)
+        if self.is_sink:
+            latency = (time.time() - msg.ts) * 1000
+            self.metrics.latency_ms.append(latency)
+        if out is not None:
+            self._emit(out)
+
+    # --- sending ---------------------------------------------------------------
+    def _emit(self, msg: Message) -> None:
+        msg.stamps[self.name] = time.time()
+        self._encoded.clear()
+        sent = False
+        for out in self.outputs:
+            if out.send(self._frames(msg, out.link.codec)):
+                sent = True
+            else:
+                self.metrics.dropped += 1
+        if sent or not self.outputs:
+            self.metrics.frames_out += 1
+
+    def _broadcast(self, msg: Message) -> None:
+        self._encoded.clear()
+        for out in self.outputs:
+            out.broadcast(self._frames(msg, out.link.codec))
+
+    def _frames(self, msg: Message, codec: str) -> list:
+        if codec not in self._encoded:  # encode once per codec, even with several consumers
+            self._encoded[codec] = encode(msg, image_codec=codec)
+        return self._encoded[codec]
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stats >= STATS_EVERY_S:
+            self._last_stats = now
+            _resources(self.metrics)
+            snap = self.metrics.snapshot()
+            for key in ("process_ms", "wait_ms", "latency_ms"):
+                snap[key] = snap[key][-200:]  # periodic stats: recent frames only
+            self.control.emit("stats", stats=snap)
+
+    def _orphaned(self) -> bool:
+        """The launcher died without stopping us (kill -9): stop instead of lingering."""
+        return self.parent is not None and os.getppid() != self.parent

@@ -1,0 +1,93 @@
+"""Render: boxes, emotion labels and confidence drawn on the video, written in frame order."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from pipeline.errors import PipelineError
+from pipeline.message import Message
+from pipeline.stage import Params, Stage
+
+# BGR colours per emotion, chosen to read well on video.
+COLOURS = {
+    "angry": (40, 40, 230), "disgust": (40, 140, 40), "fear": (160, 60, 160), "happy": (40, 200, 240),
+    "sad": (200, 120, 40), "surprise": (0, 140, 255), "neutral": (200, 200, 200), "uncertain": (128, 128, 128),
+}
+
+
+class RenderParams(Params):
+    output: Literal["file", "window", "none"] = Field("file", description="file: OUT/<filename>; window: a display; none")
+    filename: str = Field("annotated.mp4", description="video file name inside the output directory")
+    fourcc: str = Field("mp4v", min_length=4, max_length=4, description="OpenCV codec code of the video file")
+    bars: bool = Field(True, description="draw a small bar chart of the class probabilities beside each face")
+
+
+def draw_faces(image: np.ndarray, faces: list[dict], classes: list[str] | None, bars: bool = True) -> np.ndarray:
+    """Draw each face's box, label and confidence (and probability bars) on a copy of ``image``."""
+    out = image.copy()
+    for face in faces:
+        x, y, w, h = face["box"]
+        label = face.get("emotion", "face")
+        colour = COLOURS.get(label, (255, 255, 255))
+        cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
+        text = f"{label} {face['confidence']:.0%}" if "confidence" in face else label
+        if "track" in face:
+            text = f"#{face['track']} {text}"
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        ty = max(y - 6, th + 4)
+        cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 2), colour, -1)
+        cv2.putText(out, text, (x + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        if bars and classes and face.get("probs"):
+            for i, (name, p) in enumerate(zip(classes, face["probs"])):
+                by = y + i * 12
+                cv2.rectangle(out, (x + w + 4, by), (x + w + 4 + int(60 * p), by + 9), COLOURS.get(name, colour), -1)
+                cv2.putText(out, name[:3], (x + w + 68, by + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)
+    return out
+
+
+class Render(Stage):
+    """Annotates frames and writes them to a video file or a window, in capture order."""
+
+    Params = RenderParams
+    requires = frozenset({"image"})
+    is_sink = True
+    ordered_input = True
+
+    def on_start(self) -> None:
+        p: RenderParams = self.params
+        self._writer = None
+        self.frames = 0
+        if p.output == "window" and not os.environ.get("DISPLAY"):
+            raise PipelineError("render.output=window needs a display (DISPLAY is not set); use file or none")
+        self.path = Path(self.context.get("out", ".")) / p.filename
+
+    def process(self, msg: Message) -> None:
+        p: RenderParams = self.params
+        if p.output == "none":
+            return None
+        frame = draw_faces(msg.image, msg.faces, msg.meta.get("classes"), p.bars)
+        if p.output == "window":
+            cv2.imshow(self.name, frame)
+            cv2.waitKey(1)
+            return None
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            height, width = frame.shape[:2]
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*p.fourcc),
+                                           float(msg.meta.get("fps", 30.0)), (width, height))
+            if not self._writer.isOpened():
+                raise PipelineError(f"{self.path}: cannot open a {p.fourcc} video writer")
+        self._writer.write(frame)
+        self.frames += 1
+        return None
+
+    def on_stop(self) -> None:
+        if self._writer is not None:
+            self._writer.release()  # finishes the file: a stopped run leaves a playable video
+            self._writer = None

@@ -1,0 +1,31 @@
+"""Segment: K-means regions (eyes, brows, mouth...) of each face, with scikit-learn."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipeline.faces import crop_face, segment_face, to_gray
+from pipeline.message import Message
+from pipeline.stage import Params, Stage
+
+
+class SegmentParams(Params):
+    k: int = Field(4, ge=2, le=16, description="number of K-means regions per face")
+    spatial_weight: float = Field(0.35, ge=0.0, le=5.0, description="weight of pixel position against intensity")
+    seed: int = Field(0, ge=0, description="K-means seed (must match training for models that use segmentation)")
+
+
+class Segment(Stage):
+    """Adds ``seg`` (a 48x48 uint8 label map, 0 = darkest region) and ``k`` to every face."""
+
+    Params = SegmentParams
+    requires = frozenset({"image", "faces"})
+    provides = frozenset({"seg"})
+
+    def process(self, msg: Message) -> Message:
+        p: SegmentParams = self.params
+        gray = to_gray(msg.image)
+        for face in msg.faces:
+            face["seg"] = segment_face(crop_face(gray, face["box"]), p.k, p.spatial_weight, p.seed)
+            face["k"] = p.k
+        return msg

@@ -1,0 +1,61 @@
+"""Evaluate a served model on an image folder (``ROOT/<emotion>/*``), cropped faces or photos."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.errors import DataError
+from pipeline.faces import crop_face, model_input
+from pipeline.model import EmotionModel
+from stages.detect import detect_faces, load_cascade
+from train import report
+from train.data import list_image_folder, load_image_folder
+from train.train import evaluate_faces
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_folder(data: str | Path, model: str | Path | None = None, detect: bool = False) -> dict[str, Any]:
+    """Score ``model`` on every image of ``data``.
+
+    Without ``detect`` each image is taken as an already-cropped face (FER2013 style). With
+    ``detect`` the Haar detector finds the largest face first; an image with no face found
+    counts as a miss and is listed under ``no_face``.
+    """
+    emotion_model = EmotionModel(model)
+    if not detect:
+        faces = load_image_folder(data)
+        result = evaluate_faces(emotion_model, faces)
+        result.update(skipped=faces.skipped, no_face=[])
+        return result
+    classifier = load_cascade("haarcascade_frontalface_default.xml")
+    labels, preds, no_face, skipped = [], [], [], []
+    for path, label in list_image_folder(data):
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            log.warning("skipping unreadable image %s", path)
+            skipped.append(str(path))
+            continue
+        boxes = detect_faces(image, classifier, detect_width=None)
+        labels.append(label)
+        if not boxes:
+            no_face.append(str(path))
+            preds.append(-1)
+            continue
+        face = crop_face(image, boxes[0])
+        seg = None
+        if emotion_model.info.segmentation:
+            from train.data import segmentation_channels
+
+            seg = segmentation_channels(face[None], emotion_model.info.segmentation_k)
+        preds.append(int(emotion_model.predict(model_input(face[None], seg))[0].argmax()))
+    if not labels:
+        raise DataError(f"{data}: none of the images could be read")
+    result = report.metrics(np.asarray(labels), np.asarray(preds), emotion_model.classes)
+    result.update(skipped=skipped, no_face=no_face)
+    return result

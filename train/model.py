@@ -1,0 +1,87 @@
+"""The emotion CNN, sized for CPU training (about 1.2 M parameters, ~110 images/s on 2 cores).
+
+Most compute in a VGG-style net goes to the full-resolution layers. This one has a single
+convolution at 48x48 and puts its depth at 24x24 and below, which trains about twice as fast
+as the same widths with two convolutions per stage, at similar accuracy on FER2013.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from pipeline.faces import FACE_SIZE
+
+
+def _conv(x, filters: int):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
+
+
+def build_model(channels: int, num_classes: int) -> keras.Model:
+    """Return the CNN. Input: raw 0..255 faces (N, 48, 48, channels); output: logits."""
+    inputs = keras.Input((FACE_SIZE, FACE_SIZE, channels), name="face")
+    x = layers.Rescaling(1.0 / 255)(inputs)  # preprocessing lives in the model
+    x = _conv(x, 32)
+    x = layers.MaxPooling2D()(x)  # 24x24
+    for filters in (64, 128, 256):
+        x = _conv(x, filters)
+        x = _conv(x, filters)
+        if filters != 256:
+            x = layers.MaxPooling2D()(x)  # 12x12, then 6x6
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.4)(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="emotion_cnn")
+
+
+def build_augmenter(seed: int) -> keras.Sequential:
+    """Geometric augmentation applied to whole batches (all channels move together)."""
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.03, fill_mode="nearest", seed=seed + 1),  # about +-11 degrees
+            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 2),
+            layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 3),
+        ],
+        name="augment",
+    )
+
+
+def photometric(x: tf.Tensor) -> tf.Tensor:
+    """Random brightness and contrast on the gray channel only (channel 0)."""
+    gray, rest = x[..., :1], x[..., 1:]
+    batch = tf.shape(x)[0]
+    contrast = tf.random.uniform([batch, 1, 1, 1], 0.7, 1.3)
+    brightness = tf.random.uniform([batch, 1, 1, 1], -30.0, 30.0)
+    mean = tf.reduce_mean(gray, axis=[1, 2, 3], keepdims=True)
+    gray = tf.clip_by_value((gray - mean) * contrast + mean + brightness, 0.0, 255.0)
+    return tf.concat([gray, rest], axis=-1)
+
+
+def serving_model(model: keras.Model) -> keras.Model:
+    """Probabilities averaged over the face and its mirror image (test-time augmentation).
+
+    This is the graph exported to TFLite, so evaluation and serving both see it. It is built
+    from Keras layers and exported through a SavedModel: converting a hand-written
+    ``tf.function`` around the Keras 3 model gave NaN outputs in LiteRT.
+    """
+    face = keras.Input(model.input_shape[1:], name="face")
+    mirrored = layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name="mirror")(face)
+    probs = layers.Softmax()(model(face))
+    probs_mirrored = layers.Softmax()(model(mirrored))
+    return keras.Model(face, layers.Average(name="probabilities")([probs, probs_mirrored]), name="emotion_serving")
+
+
+def export_tflite(model: keras.Model, path: str) -> int:
+    """Write the serving graph as a float32 .tflite file; return its size in bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        serving_model(model).export(tmp, format="tf_saved_model", verbose=False)
+        blob = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+    with open(path, "wb") as f:
+        f.write(blob)
+    return len(blob)

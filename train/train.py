@@ -1,0 +1,255 @@
+"""Train the emotion CNN: setup, data, model, train, evaluate, export.
+
+Resumable: Keras' BackupAndRestore keeps the weights, optimizer state and epoch counter in
+``OUT/checkpoint/`` after every epoch, and ``--resume`` continues from there. The best epoch
+on the validation split (FER2013 PublicTest) is kept in ``OUT/emotion.keras``; the test
+split (PrivateTest) is only used once, at the end, to report figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import DataError
+from pipeline.faces import EMOTIONS, FACE_SIZE, model_input
+from pipeline.model import METADATA_NAME, TFLITE_NAME, EmotionModel
+from train import report
+from train.data import FaceSet, load_splits, segmentation_channels
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = Path(os.environ.get("EMOTION_CACHE", Path.home() / ".cache" / "emotion-pipeline"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (recorded in the model's metadata)."""
+
+    data: str
+    out: str
+    epochs: int = 24
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    class_weight_power: float = 0.5  # 0: none, 1: fully balanced; 0.5 trades little accuracy for minority recall
+    patience: int = 6
+    segmentation: bool = False
+    segmentation_k: int = 4
+    seed: int = 1234
+    limit: int | None = None  # use only the first N training images per class (quick runs, tests)
+    resume: bool = False
+
+
+def _channels(faces: FaceSet, cfg: TrainConfig, name: str) -> np.ndarray:
+    if not cfg.segmentation:
+        return model_input(faces.images)
+    cache = CACHE_DIR / f"seg-k{cfg.segmentation_k}-{name}-{faces.fingerprint()}.npy"
+    t0 = time.time()
+    seg = segmentation_channels(faces.images, cfg.segmentation_k, cache)
+    log.info("segmentation channel for %s: %d faces in %.1fs (cache %s)", name, len(faces), time.time() - t0, cache)
+    return model_input(faces.images, seg)
+
+
+def _limit(faces: FaceSet, per_class: int) -> FaceSet:
+    keep = np.concatenate([np.flatnonzero(faces.labels == c)[:per_class] for c in range(len(EMOTIONS))])
+    keep.sort()
+    return FaceSet(faces.images[keep], faces.labels[keep], [faces.paths[i] for i in keep], faces.skipped)
+
+
+def class_weights(labels: np.ndarray, power: float) -> np.ndarray:
+    """Per-class loss weights (n_max / n_c) ** power, normalised to a mean of 1 over samples."""
+    counts = np.bincount(labels, minlength=len(EMOTIONS)).astype(float)
+    weights = np.where(counts > 0, (counts.max() / np.maximum(counts, 1)) ** power, 0.0)
+    return weights / (weights[labels].mean())
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train, export and evaluate; return the metadata written to ``OUT/model.json``."""
+    # --- setup ---------------------------------------------------------------
+    import keras
+    import tensorflow as tf
+
+    from train.model import build_augmenter, build_model, photometric
+
+    out = Path(cfg.out)
+    backup = out / "checkpoint"
+    if backup.exists() and not cfg.resume:
+        raise DataError(f"{out}: holds an unfinished run ({backup}); pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+
+    # --- data ----------------------------------------------------------------
+    t0 = time.time()
+    train_set, val_set, test_set = load_splits(cfg.data)
+    if cfg.limit:
+        train_set, val_set = _limit(train_set, cfg.limit), _limit(val_set, max(cfg.limit // 4, 8))
+    log.info("data: %d train, %d validation, %s test faces, loaded in %.1fs; train classes %s",
+             len(train_set), len(val_set), len(test_set) if test_set else "no", time.time() - t0,
+             train_set.class_counts())
+    x_train, x_val = _channels(train_set, cfg, "train"), _channels(val_set, cfg, "val")
+    channels = x_train.shape[-1]
+    weights = class_weights(train_set.labels, cfg.class_weight_power)
+    n_classes = len(EMOTIONS)
+
+    augment = build_augmenter(cfg.seed)
+
+    def train_batch(x, y):
+        x = photometric(augment(x, training=True))
+        return x, tf.one_hot(y, n_classes), tf.gather(weights.astype(np.float32), y)
+
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((x_train, train_set.labels))
+        .shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
+        .batch(cfg.batch_size)
+        .map(train_batch, num_parallel_calls=1)
+        .prefetch(2)
+    )
+    val_ds = (
+        tf.data.Dataset.from_tensor_slices((x_val, tf.one_hot(val_set.labels, n_classes)))
+        .batch(256)
+        .prefetch(1)
+    )
+
+    # --- model ---------------------------------------------------------------
+    model = build_model(channels, n_classes)
+    steps = cfg.epochs * int(np.ceil(len(x_train) / cfg.batch_size))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        cfg.learning_rate / 10, decay_steps=steps, alpha=0.01,
+        warmup_target=cfg.learning_rate, warmup_steps=steps // cfg.epochs,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    log.info("model: %d parameters, input %s", model.count_params(), model.input_shape)
+
+    # --- train ---------------------------------------------------------------
+    history_csv = out / "history.csv"
+    best_path = out / "emotion.keras"
+    best_so_far = _best_val_accuracy(history_csv) if cfg.resume else None
+    callbacks = [
+        _EpochTimer(len(x_train)),
+        keras.callbacks.BackupAndRestore(str(backup)),
+        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_accuracy", mode="max", save_best_only=True,
+                                        initial_value_threshold=best_so_far),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience),
+        keras.callbacks.CSVLogger(str(history_csv), append=cfg.resume),
+    ]
+    t_train = time.time()
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
+              verbose=1 if sys.stderr.isatty() else 2)
+    log.info("training took %.0fs this session", time.time() - t_train)
+    shutil.rmtree(backup, ignore_errors=True)  # the run is finished: nothing to resume
+    return finalize(cfg, (train_set, val_set, test_set))
+
+
+def finalize(cfg: TrainConfig, splits: tuple[FaceSet, FaceSet, FaceSet | None] | None = None) -> dict:
+    """Export the best epoch of a finished run in ``cfg.out`` and evaluate it.
+
+    Writes ``emotion.tflite``, ``model.json``, ``curves.png``, ``confusion.png`` and
+    ``report.txt``. The test split is used here and nowhere else.
+    """
+    import keras
+    import tensorflow as tf
+
+    from train.model import export_tflite
+
+    out = Path(cfg.out)
+    train_set, val_set, test_set = splits or load_splits(cfg.data)
+    if splits is None and cfg.limit:
+        train_set, val_set = _limit(train_set, cfg.limit), _limit(val_set, max(cfg.limit // 4, 8))
+    best = keras.models.load_model(out / "emotion.keras")
+    tflite_bytes = export_tflite(best, str(out / TFLITE_NAME))
+    history = _read_history(out / "history.csv")
+    meta = {
+        "format": 1,
+        "classes": list(EMOTIONS),
+        "input_size": FACE_SIZE,
+        "channels": int(best.input_shape[-1]),
+        "preprocessing": "gray face crop resized to 48x48 (pipeline.faces.crop_face), raw 0..255 float32; "
+                         "scaling is inside the model; output averages the face and its mirror image",
+        "segmentation": {"enabled": cfg.segmentation, "k": cfg.segmentation_k if cfg.segmentation else 0,
+                         "function": "pipeline.faces.segment_face"},
+        "parameters": int(best.count_params()),
+        "tflite_bytes": tflite_bytes,
+        "training": {
+            "config": {k: v for k, v in cfg.__dict__.items() if k not in ("out", "resume")},
+            "data_fingerprint": train_set.fingerprint(),
+            "train_images": len(train_set),
+            "validation_images": len(val_set),
+            "skipped_images": len(train_set.skipped) + len(val_set.skipped),
+            "epochs_run": len(history),
+            "best_epoch": 1 + int(np.argmax([h["val_accuracy"] for h in history])) if history else None,
+            "best_val_accuracy": round(max(h["val_accuracy"] for h in history), 4) if history else None,
+            "seconds": round(sum(h.get("epoch_seconds", 0.0) for h in history), 1),
+            "images_per_second": round(float(np.median([h.get("images_per_second", 0.0) for h in history] or [0])), 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}",
+        },
+    }
+    report.plot_curves(out / "history.csv", out / "curves.png")
+    evaluated = val_set if test_set is None else test_set
+    split = "validation (no test split)" if test_set is None else "test (PrivateTest)"
+    (out / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n")  # EmotionModel reads it
+    m = evaluate_faces(EmotionModel(out), evaluated)
+    meta["evaluation"] = {"split": split, **{k: m[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion")}}
+    (out / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    report.plot_confusion(m["confusion"], EMOTIONS, out / "confusion.png", f"{split}: accuracy {m['accuracy']:.3f}")
+    (out / "report.txt").write_text(report.format_report(m, f"{out} on {split}"))
+    log.info("%s: accuracy %.4f, macro-F1 %.4f on %d faces", split, m["accuracy"], m["macro_f1"], m["n"])
+    return meta
+
+
+def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256) -> dict:
+    """Classify already-cropped faces with the served (.tflite) model and score them."""
+    info = model.info
+    seg = None
+    if info.segmentation:
+        seg = segmentation_channels(faces.images, info.segmentation_k,
+                                    CACHE_DIR / f"seg-k{info.segmentation_k}-eval-{faces.fingerprint()}.npy")
+    x = model_input(faces.images, seg)
+    probs = np.concatenate([model.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return report.metrics(faces.labels, probs.argmax(axis=1), model.classes)
+
+
+class _EpochTimer:
+    """Adds ``epoch_seconds`` and ``images_per_second`` to each epoch's logs (and so to history.csv)."""
+
+    def __new__(cls, n_images: int):
+        import keras
+
+        class EpochTimer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self._t = time.time()
+
+            def on_epoch_end(self, epoch, logs=None):
+                seconds = time.time() - self._t
+                if logs is not None:
+                    logs["epoch_seconds"] = round(seconds, 1)
+                    logs["images_per_second"] = round(n_images / seconds, 1)
+
+        return EpochTimer()
+
+
+def _read_history(path: Path) -> list[dict[str, float]]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _best_val_accuracy(path: Path) -> float | None:
+    history = _read_history(path)
+    return max((h["val_accuracy"] for h in history), default=None)
