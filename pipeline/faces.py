@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from sklearn.cluster import KMeans
 
 FACE_SIZE = 48  # FER2013 resolution; the CNN's input is FACE_SIZE x FACE_SIZE
 
@@ -60,6 +59,8 @@ def segment_face(face: np.ndarray, k: int = 4, spatial_weight: float = 0.35, see
     Returns:
         uint8 label map of shape (48, 48) with values in ``0..k-1``.
     """
+    from sklearn.cluster import KMeans  # imported here: only the segment stage pays for scikit-learn
+
     if face.shape != (FACE_SIZE, FACE_SIZE):
         raise ValueError(f"segment_face expects a {FACE_SIZE}x{FACE_SIZE} face, got {face.shape}")
     intensity = face.astype(np.float32).ravel() / 255.0

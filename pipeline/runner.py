@@ -87,9 +87,10 @@ class Output:
                         break
                     sock.poll(POLL_MS, zmq.POLLOUT)
 
-    def close(self) -> None:
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close; with ``linger_s`` > 0, first let queued messages (the last frames, end-of-stream) go out."""
         for sock in self.sockets:
-            sock.close(linger=0)
+            sock.close(linger=int(linger_s * 1000))
 
 
 class Input:
@@ -193,6 +194,7 @@ def run_worker(
                                       "stream": topology.stream_id(name) if stage_cls.is_source else None})
     outputs: list[Output] = []
     inp: Input | None = None
+    finished = False
     try:
         for consumer, link in topology.consumers(name):
             outputs.append(Output(ctx, topology.endpoints(consumer.name), link, stop))
@@ -207,6 +209,7 @@ def run_worker(
         control.emit("started")
         loop = _Loop(topology, name, label, stage, inp, outputs, metrics, control, stop, in_process)
         loop.run()
+        finished = True
         return 0
     finally:
         try:
@@ -216,7 +219,7 @@ def run_worker(
         _resources(metrics)
         control.emit("done", stats=metrics.snapshot())
         for out in outputs:
-            out.close()
+            out.close(linger_s=EOS_SEND_TIMEOUT_S if finished and not stop.is_set() else 0.0)
         if inp is not None:
             inp.close()
         control.close()

@@ -22,6 +22,12 @@ class Segment(Stage):
     requires = frozenset({"image", "faces"})
     provides = frozenset({"seg"})
 
+    def on_start(self) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # K-means on 2,304 pixels is too small to gain from OpenMP threads; they only fight other stages.
+        self._limits = threadpool_limits(1)
+
     def process(self, msg: Message) -> Message:
         p: SegmentParams = self.params
         gray = to_gray(msg.image)

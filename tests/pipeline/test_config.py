@@ -1,0 +1,133 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import load_topology
+from pipeline.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, stages: list[dict], **top) -> Path:
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", **top, "stages": stages}))
+    return path
+
+
+def chain(model_dir: Path | None = None, **changes) -> list[dict]:
+    """capture -> detect -> segment -> classify -> log, with per-stage changes."""
+    stages = [
+        {"name": "capture", "type": "capture", "params": {"source": "0"}},
+        {"name": "detect", "type": "detect", "inputs": ["capture"]},
+        {"name": "segment", "type": "segment", "inputs": ["detect"]},
+        {"name": "classify", "type": "classify", "inputs": ["segment"],
+         "params": {"model": str(model_dir)} if model_dir else {}},
+        {"name": "log", "type": "log", "inputs": ["classify"]},
+    ]
+    for stage in stages:
+        stage.update(changes.get(stage["name"], {}))
+    return stages
+
+
+def error_of(tmp_path, stages, **kw) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_topology(write(tmp_path, stages), tmp_path, **kw)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_are_valid(path, model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # configs name models/default relative to the project
+    topology = load_topology(path, tmp_path)
+    assert topology.order[0] == "capture"
+
+
+def test_k_zero_names_the_yaml_path_and_the_bound(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir, segment={"params": {"k": 0}}))
+    assert "stages[2] (segment).params.k: must be >= 2, got 0" in message
+
+
+def test_unknown_stage_type_lists_the_registered_ones(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir, detect={"type": "mtcnn"}))
+    assert "stages[1] (detect).type: unknown stage type 'mtcnn'" in message and "capture" in message
+
+
+def test_missing_input_is_reported(tmp_path, model_dir):
+    stages = chain(model_dir)
+    del stages[2]["inputs"]
+    assert "stages[2] (segment).inputs: required" in error_of(tmp_path, stages)
+
+
+def test_dangling_input_names_the_known_stages(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir, segment={"inputs": ["detector"]}))
+    assert "stages[2] (segment).inputs[0]: no stage named 'detector'" in message
+
+
+def test_unknown_param_key_is_rejected(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir, detect={"params": {"scale": 1.2}}))
+    assert "stages[1] (detect).params.scale: unknown key" in message
+
+
+def test_unknown_stage_key_is_rejected(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir, detect={"worker": 2}))
+    assert "stages[1] (detect).worker" in message
+
+
+def test_wrong_type_is_reported(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir, detect={"workers": "two"}))
+    assert "stages[1] (detect).workers" in message and "'two'" in message
+
+
+def test_cycle_is_reported(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir, detect={"inputs": ["capture", "classify"]}))
+    assert "cycle" in message and "detect" in message
+
+
+def test_classify_without_a_detector_upstream_is_refused(tmp_path, model_dir):
+    stages = chain(model_dir, classify={"inputs": ["capture"]})
+    del stages[1:3]
+    message = error_of(tmp_path, stages)
+    assert "(classify).inputs: a classify stage needs faces" in message
+
+
+def test_endpoint_clash_is_reported(tmp_path, model_dir):
+    stages = chain(model_dir, detect={"endpoint": "tcp://127.0.0.1:6000", "workers": 2},
+                   segment={"endpoint": "tcp://127.0.0.1:6001"})
+    assert "(segment).endpoint: tcp://127.0.0.1:6001 clashes with stage 'detect'" in error_of(tmp_path, stages)
+
+
+def test_ordered_sink_cannot_have_several_workers(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir, log={"workers": 2}))
+    assert "(log).workers: must be 1" in message
+
+
+def test_missing_source_file_is_a_config_error(tmp_path, model_dir):
+    message = error_of(tmp_path, chain(model_dir), source=str(tmp_path / "nope.mp4"))
+    assert "stages[0] (capture).params.source: no such file or folder" in message
+
+
+def test_overrides_reach_params_and_stage_fields(tmp_path, model_dir):
+    topology = load_topology(write(tmp_path, chain(model_dir)), tmp_path,
+                             overrides=["detect.workers=3", "segment.k=6", "detect.scale_factor=1.3"])
+    assert topology.stages["detect"].workers == 3
+    assert topology.params["segment"].k == 6 and topology.params["detect"].scale_factor == 1.3
+    assert len(topology.endpoints("detect")) == 3
+
+
+def test_bad_override_is_reported(tmp_path, model_dir):
+    assert "--set 'nosuch.k=1'" in error_of(tmp_path, chain(model_dir), overrides=["nosuch.k=1"])
+
+
+def test_eos_accounting_follows_worker_counts(tmp_path, model_dir):
+    topology = load_topology(write(tmp_path, chain(model_dir, detect={"workers": 3})), tmp_path)
+    assert topology.expected_eos("detect", "capture") == 1
+    assert topology.expected_eos("segment", "capture") == 3
+
+
+def test_invalid_yaml_is_reported_with_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("stages: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_topology(path, tmp_path)

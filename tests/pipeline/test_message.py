@@ -1,0 +1,76 @@
+import msgpack
+import numpy as np
+import pytest
+
+from pipeline.errors import MessageError
+from pipeline.message import FORMAT_VERSION, Message, decode, encode
+
+
+def frame_message() -> Message:
+    image = np.random.default_rng(0).integers(0, 255, (36, 64, 3), dtype=np.uint8)
+    seg = np.arange(48 * 48, dtype=np.uint8).reshape(48, 48) % 4
+    return Message(stream="cam", seq=7, ts=12.5, stamps={"capture": 12.6}, image=image,
+                   faces=[{"box": [1, 2, 30, 30], "seg": seg, "probs": [0.5, 0.5]}], meta={"fps": 25.0})
+
+
+def as_bytes(frames) -> list[bytes]:
+    return [bytes(f) for f in frames]
+
+
+def test_raw_round_trip_keeps_every_field():
+    msg = frame_message()
+    out = decode(as_bytes(encode(msg)))
+    assert (out.kind, out.stream, out.seq, out.ts, out.stamps, out.meta) == ("frame", "cam", 7, 12.5, {"capture": 12.6},
+                                                                          {"fps": 25.0})
+    np.testing.assert_array_equal(out.image, msg.image)
+    np.testing.assert_array_equal(out.faces[0]["seg"], msg.faces[0]["seg"])
+    assert out.faces[0]["box"] == [1, 2, 30, 30] and out.faces[0]["probs"] == [0.5, 0.5]
+
+
+def test_raw_image_is_not_copied_into_the_header():
+    frames = encode(frame_message())
+    assert len(frames[0]) < 500  # the image travels as its own buffer
+    assert frames[1].nbytes == 36 * 64 * 3
+
+
+def test_jpeg_round_trip_is_close():
+    msg = frame_message()
+    msg.image = np.full((64, 64, 3), 120, np.uint8)
+    out = decode(as_bytes(encode(msg, image_codec="jpeg")))
+    assert out.image.shape == (64, 64, 3)
+    assert np.abs(out.image.astype(int) - 120).max() <= 3
+
+
+def test_end_of_stream_round_trip():
+    out = decode(as_bytes(encode(Message.eos("cam", 464))))
+    assert out.is_eos and out.stream == "cam" and out.seq == 464 and out.image is None
+
+
+def header(**changes) -> bytes:
+    base = {"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 0, "ts": 0.0, "image": None, "faces": []}
+    base.update(changes)
+    return msgpack.packb(base)
+
+
+@pytest.mark.parametrize(
+    ("frames", "fragment"),
+    [
+        ([], "empty"),
+        ([b"\xc1\xc1garbage"], "not valid msgpack"),
+        ([msgpack.packb([1, 2])], "must be a map"),
+        ([header(v=99)], "format version 99"),
+        ([header(kind="video")], "kind 'video'"),
+        ([header(seq="x")], "bad header field"),
+        ([header(image={"buf": 1, "shape": [2, 2, 3], "dtype": "uint8"})], "buffer 1 missing"),
+        ([header(image={"buf": 1, "shape": [2, 2, 3], "dtype": "uint8"}), b"short"], "needs 12"),
+        ([header(image={"buf": 1, "shape": [1, 1, 3], "dtype": "object"}), b"abc"], "dtype 'object' not allowed"),
+        ([header(image={"buf": 1, "shape": [1, 3], "dtype": "uint8"}), b"abc"], "expected uint8 (H, W, 3)"),
+        ([header(faces=[{"box": [1, 2]}])], "faces[0]: needs a box"),
+        ([header(faces=[{"box": [0, 0, 1, 1]}] * 300)], "exceeds 256"),
+        ([b"\x00" * (2 << 20)], "exceeds"),
+    ],
+)
+def test_malformed_messages_raise_a_message_error_naming_the_problem(frames, fragment):
+    with pytest.raises(MessageError) as err:
+        decode(frames)
+    assert fragment in str(err.value)

@@ -1,0 +1,51 @@
+import cv2
+import numpy as np
+import pytest
+
+from stages.detect import DEFAULT_CASCADE, detect_faces, load_cascade, resolve_cascade
+
+# Expected counts from shared/data/faces/SOURCE.md (default cascade, scaleFactor 1.1, minNeighbors 5).
+EXPECTED = {
+    "deepface_img5.jpg": 1, "deepface_img12.jpg": 1, "deepface_img25.jpg": 1, "deepface_img50.jpg": 1,
+    "face_recognition_obama_small.jpg": 1, "face_recognition_two_people.jpg": 2, "fer_justin.jpg": 1,
+    "NEGATIVE_fer_no-faces.jpg": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    return load_cascade(DEFAULT_CASCADE)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_face_counts_on_real_photos(faces_dir, cascade, name):
+    gray = cv2.imread(str(faces_dir / name), cv2.IMREAD_GRAYSCALE)
+    boxes = detect_faces(gray, cascade, min_size=24, detect_width=None, equalize=False)
+    assert len(boxes) == EXPECTED[name]
+
+
+def test_downscaled_detection_returns_boxes_in_original_coordinates(faces_dir, cascade):
+    gray = cv2.imread(str(faces_dir / "face_recognition_two_people.jpg"), cv2.IMREAD_GRAYSCALE)
+    full = detect_faces(gray, cascade, min_size=24, detect_width=None, equalize=False)
+    small = detect_faces(gray, cascade, min_size=24, detect_width=400, equalize=False)
+    assert len(small) == 2
+    for a, b in zip(sorted(full), sorted(small)):
+        centre_a = np.array([a[0] + a[2] / 2, a[1] + a[3] / 2])
+        centre_b = np.array([b[0] + b[2] / 2, b[1] + b[3] / 2])
+        assert np.linalg.norm(centre_a - centre_b) < 0.2 * a[2]
+
+
+def test_blank_image_has_no_face(cascade):
+    assert detect_faces(np.full((240, 320), 128, np.uint8), cascade) == []
+
+
+def test_boxes_are_largest_first(faces_dir, cascade):
+    gray = cv2.imread(str(faces_dir / "deepface_selfie-many-people.jpg"), cv2.IMREAD_GRAYSCALE)
+    boxes = detect_faces(gray, cascade, detect_width=None)
+    areas = [w * h for _, _, w, h in boxes]
+    assert len(boxes) >= 3 and areas == sorted(areas, reverse=True)
+
+
+def test_unknown_cascade_is_a_clear_error():
+    with pytest.raises(ValueError, match="neither a file nor one of OpenCV's"):
+        resolve_cascade("haarcascade_nope.xml")
