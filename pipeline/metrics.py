@@ -81,9 +81,9 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    head = f"{'stage':<12}{'workers':>8}{'in':>7}{'out':>7}{'dropped':>8}{'errors':>7}{'p50 ms':>8}{'p95 ms':>8}{'wait p50':>9}{'RSS MiB':>9}"
+    head = f"{'stage':<12}{'workers':>8}{'in':>7}{'out':>7}{'dropped':>8}{'late':>5}{'errors':>7}{'p50 ms':>8}{'p95 ms':>8}{'wait p50':>9}{'RSS MiB':>9}"
     lines = [head]
     for name, r in rows.items():
-        lines.append(f"{name:<12}{r['workers']:>8}{r['frames_in']:>7}{r['frames_out']:>7}{r['dropped']:>8}{r['errors']:>7}"
+        lines.append(f"{name:<12}{r['workers']:>8}{r['frames_in']:>7}{r['frames_out']:>7}{r['dropped']:>8}{r['late']:>5}{r['errors']:>7}"
                      f"{ms(r['process_p50_ms']):>8}{ms(r['process_p95_ms']):>8}{ms(r['wait_p50_ms']):>9}{r['rss_mib']:>9.0f}")
     return "\n".join(lines)

@@ -207,6 +207,7 @@ def run_worker(
             control.emit("fatal", error=str(exc))
             return 2
         control.emit("started")
+        log.info("%s: started in process %d", label, os.getpid())
         loop = _Loop(topology, name, label, stage, inp, outputs, metrics, control, stop, in_process)
         loop.run()
         finished = True
@@ -244,7 +245,13 @@ class _Loop:
         self.inp, self.outputs, self.metrics, self.control, self.stop = inp, outputs, metrics, control, stop
         self.parent = os.getppid() if in_process else None
         self.is_sink = type(stage).is_sink
-        self.reorder = ReorderBuffer() if type(stage).ordered_input else None
+        self.streams = topology.streams[name]
+        self.needs_image = "image" in type(stage).requirements(stage.params)
+        self.reorder = None
+        if type(stage).ordered_input:
+            # Links that block lose no frame (but for a crash): a gap is worth waiting for.
+            leaky = any(link.policy == "drop-oldest" for link in topology.stages[name].inputs)
+            self.reorder = ReorderBuffer(capacity=128, max_wait_s=0.25 if leaky else 10.0)
         self._encoded: dict[str, list] = {}
         self._last_stats = time.monotonic()
 
@@ -293,6 +300,16 @@ class _Loop:
             self._tick()
 
     def _on_frame(self, msg: Message) -> None:
+        problem = None
+        if msg.stream not in self.streams:
+            problem = f"unknown stream {msg.stream!r} (expected {', '.join(sorted(self.streams))})"
+        elif self.needs_image and msg.image is None:
+            problem = f"stream {msg.stream} frame {msg.seq} has no image"
+        if problem:
+            self.metrics.errors += 1
+            log.error("%s: dropped malformed message: %s", self.label, problem)
+            self.control.emit("error", error=f"malformed message: {problem}")
+            return
         self.metrics.frames_in += 1
         received = msg.meta.pop("_received", time.time())
         upstream = max(msg.stamps.values(), default=msg.ts)

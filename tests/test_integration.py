@@ -1,0 +1,191 @@
+"""End to end: real stage processes, real ZeroMQ sockets, the real video clip."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zmq
+
+from tests.conftest import PYTHON, ROOT
+
+pytestmark = pytest.mark.slow
+
+CLIP_FRAMES = 464
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "run_pipeline.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([PYTHON, "run_pipeline.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def video_frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (64, 36)).astype(np.float32))
+
+
+def check_outputs(out: Path, video: Path, min_rows_share: float = 0.95) -> None:
+    """annotated.mp4 has every frame of the clip in order; the log covers >= 95% of the frames."""
+    annotated, source = video_frames(out / "annotated.mp4"), video_frames(video)
+    assert len(annotated) == len(source) == CLIP_FRAMES
+    # Frame i of the output is closer to source frame i than to source frames i +- 5.
+    matches = [np.abs(a - source[i]).mean() < min(np.abs(a - source[j]).mean() for j in (i - 5, i + 5)
+                                                  if 0 <= j < len(source))
+               for i, a in enumerate(annotated)]
+    assert np.mean(matches) >= 0.95, f"only {np.mean(matches):.0%} of output frames match their source frame"
+    with sqlite3.connect(out / "emotions.sqlite") as db:
+        logged = [r[0] for r in db.execute("SELECT frame FROM frames ORDER BY rowid")]
+        with_faces = db.execute("SELECT COUNT(DISTINCT frame) FROM detections").fetchone()[0]
+        emotions = {r[0] for r in db.execute("SELECT DISTINCT emotion FROM detections")}
+    assert logged == list(range(CLIP_FRAMES)), "the log received frames out of order or lost some"
+    assert with_faces >= min_rows_share * CLIP_FRAMES, f"rows for only {with_faces} of {CLIP_FRAMES} frames"
+    assert emotions <= {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "uncertain"}
+
+
+def stage_pids(output: str) -> dict[str, int]:
+    return {m[0]: int(m[1]) for m in re.findall(r"(\w+(?:\[\d+\])?): started in process (\d+)", output)}
+
+
+def test_local_config_processes_the_whole_clip_in_separate_processes(video, model_dir, tmp_path):
+    result = run_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path),
+                     "--set", "capture.pacing=max")
+    assert result.returncode == 0, result.stderr[-3000:]
+    pids = stage_pids(result.stderr)
+    assert set(pids) == {"capture", "detect", "segment", "classify", "render", "log"}
+    assert len(set(pids.values())) == 6 and os.getpid() not in pids.values()
+    check_outputs(tmp_path, video)
+    assert re.search(r"^capture\s+1\s+0\s+464\b", result.stdout, re.M), result.stdout
+
+
+def test_scaled_config_keeps_every_frame_in_order(video, model_dir, tmp_path):
+    result = run_cli("run", "configs/scaled.yaml", "--source", str(video), "--out", str(tmp_path),
+                     "--set", "capture.pacing=max")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"detect[0]", "detect[1]", "classify[0]", "classify[1]"} <= set(stage_pids(result.stderr))
+    check_outputs(tmp_path, video)
+
+
+def test_two_halves_connected_over_tcp(video, model_dir, tmp_path, free_ports):
+    base = free_ports(5)
+    endpoints = [f"{name}.endpoint=tcp://127.0.0.1:{base + i}"
+                 for i, name in enumerate(["detect", "segment", "classify", "render", "log"])]
+    sets = [arg for e in endpoints for arg in ("--set", e)]
+    compute = start_cli("run", "configs/distributed.yaml", "--stages", "segment,classify,render,log",
+                        "--out", str(tmp_path), *sets)
+    camera = start_cli("run", "configs/distributed.yaml", "--stages", "capture,detect", "--source", str(video),
+                       "--out", str(tmp_path / "camera"), "--set", "capture.pacing=max", *sets)
+    try:
+        camera_out, _ = camera.communicate(timeout=300)
+        compute_out, _ = compute.communicate(timeout=120)
+    finally:
+        camera.kill()
+        compute.kill()
+    assert camera.returncode == 0, camera_out[-3000:]
+    assert compute.returncode == 0, compute_out[-3000:]
+    assert set(stage_pids(camera_out)) == {"capture", "detect"}
+    assert set(stage_pids(compute_out)) == {"segment", "classify", "render", "log"}
+    check_outputs(tmp_path, video)
+
+
+def wait_for(proc: subprocess.Popen, pattern: str, lines: list[str], timeout: float = 120) -> re.Match:
+    """Read the process output until ``pattern`` appears."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        match = re.search(pattern, line)
+        if match:
+            return match
+    raise AssertionError(f"{pattern!r} not seen; output:\n{''.join(lines)[-3000:]}")
+
+
+def test_killed_classify_worker_is_restarted_and_the_run_completes(video, model_dir, tmp_path):
+    proc = start_cli("run", "configs/scaled.yaml", "--source", str(video), "--out", str(tmp_path))
+    lines: list[str] = []
+    try:
+        pid = int(wait_for(proc, r"classify\[1\]: started in process (\d+)", lines).group(1))
+        wait_for(proc, r"detect\[\d\]: started", lines)
+        time.sleep(5)  # mid-clip (the clip is paced in real time: 15 s)
+        os.kill(pid, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output[-3000:]
+    assert re.search(r"classify\[1\] crashed \(exit -9\); restarting \(1/3\)", output), output[-3000:]
+    assert len(video_frames(tmp_path / "annotated.mp4")) >= 0.9 * CLIP_FRAMES
+
+
+def test_malformed_message_is_dropped_and_the_stage_goes_on(video, model_dir, tmp_path):
+    runtime = tmp_path / "runtime"
+    proc = start_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path),
+                     "--runtime-dir", str(runtime))
+    lines: list[str] = []
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 2000)
+    try:
+        wait_for(proc, r"segment: started", lines)
+        sock.connect(f"ipc://{runtime / 'segment'}")
+        time.sleep(2)
+        sock.send_multipart([b"\x93not a header", b"junk"])
+        sock.send_multipart([b"\x85\xa1v\x01\xa4kind\xa5frame\xa6stream\xa1s\xa3seq\x00\xa2ts\x00"])
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        sock.close()
+        ctx.term()
+        proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 0, output[-3000:]
+    assert output.count("segment: dropped malformed message") == 2, output[-3000:]
+    assert re.search(r"^segment\s+1\s+464\s+464\s+0\s+0\s+2\b", output, re.M), output[-2000:]
+    check_outputs(tmp_path, video)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("segment.k=0", "stages[2] (segment).params.k: must be >= 2, got 0"),
+        ("detect.inputs=[]", "stages[1] (detect).inputs: required"),
+        ("classify.inputs=[nosuch]", "stages[3] (classify).inputs[0]: no stage named 'nosuch'"),
+    ],
+)
+def test_invalid_topology_exits_non_zero_naming_the_yaml_path(change, expected, model_dir):
+    for command in ("validate", "run"):
+        result = run_cli(command, "configs/local.yaml", "--set", change, timeout=60)
+        assert result.returncode != 0
+        assert expected in result.stderr, result.stderr
+
+
+def test_unknown_stage_type_exits_non_zero(tmp_path, model_dir):
+    config = tmp_path / "bad.yaml"
+    config.write_text((ROOT / "configs" / "local.yaml").read_text().replace("type: segment", "type: kmeans"))
+    result = run_cli("run", str(config), timeout=60)
+    assert result.returncode != 0
+    assert "stages[2] (segment).type: unknown stage type 'kmeans'" in result.stderr
+
+
+def test_missing_video_is_a_clear_error(tmp_path, model_dir):
+    result = run_cli("run", "configs/local.yaml", "--source", str(tmp_path / "missing.mp4"), timeout=60)
+    assert result.returncode != 0
+    assert "no such file or folder" in result.stderr and "missing.mp4" in result.stderr
