@@ -36,15 +36,25 @@ def main() -> None:
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--source", help="override the capture source: camera index, video file, image folder or URL")
-@click.option("--out", "out_dir", default="out", show_default=True, type=click.Path(file_okay=False),
-              help="directory for sink output (annotated.mp4, emotions.sqlite)")
+@click.option(
+    "--out",
+    "out_dir",
+    default="out",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="directory for sink output (annotated.mp4, emotions.sqlite)",
+)
 @click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE", help="override a stage field or param")
 @click.option("--stages", "only", help="comma-separated stages to run on this machine (default: all)")
-@click.option("--runtime-dir", type=click.Path(file_okay=False),
-              help="folder for default ipc:// endpoints (give the same one to runs that share a machine)")
+@click.option(
+    "--runtime-dir",
+    type=click.Path(file_okay=False),
+    help="folder for default ipc:// endpoints (give the same one to runs that share a machine)",
+)
 @click.option("--stats", is_flag=True, help="print per-stage figures every few seconds")
-@click.option("--max-restarts", default=3, show_default=True, type=click.IntRange(0, 100),
-              help="restarts allowed per crashed worker")
+@click.option(
+    "--max-restarts", default=3, show_default=True, type=click.IntRange(0, 100), help="restarts allowed per crashed worker"
+)
 @click.option("-v", "--verbose", is_flag=True)
 def run(config, source, out_dir, overrides, only, runtime_dir, stats, max_restarts, verbose):
     """Run the pipeline described by CONFIG until its sources end (or Ctrl-C)."""
@@ -74,9 +84,13 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, max_restar
                     printed[0] = time.monotonic()
                     click.echo(format_table(summarise(list(live.values()))), err=True)
 
-        launcher = ProcessLauncher(topology, {"out": str(Path(out_dir).resolve()), "log_level": level,
-                                              "log_format": LOG_FORMAT},
-                                   only=names, max_restarts=max_restarts, on_event=on_event)
+        launcher = ProcessLauncher(
+            topology,
+            {"out": str(Path(out_dir).resolve()), "log_level": level, "log_format": LOG_FORMAT},
+            only=names,
+            max_restarts=max_restarts,
+            on_event=on_event,
+        )
         install_signal_handlers(launcher)
         result = launcher.run()
     except PipelineError as exc:
@@ -124,8 +138,13 @@ def list_stages():
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True), help="FER2013 folder (train/, test/) or fer2013.csv")
 @click.option("--out", "out_dir", default="models/default", show_default=True, type=click.Path(file_okay=False))
-@click.option("--segmentation", type=click.Choice(["on", "off"]), default="off", show_default=True,
-              help="feed the K-means segmentation as a second input channel")
+@click.option(
+    "--segmentation",
+    type=click.Choice(["on", "off"]),
+    default="off",
+    show_default=True,
+    help="feed the K-means segmentation as a second input channel",
+)
 @click.option("--epochs", default=24, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--limit", type=click.IntRange(1), help="use at most N training images per class (quick runs)")
@@ -137,8 +156,16 @@ def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, resume, 
     from train.train import TrainConfig, finalize, run_training
 
     _setup_logging(False)
-    cfg = TrainConfig(data=data, out=out_dir, epochs=epochs, batch_size=batch_size, limit=limit, seed=seed,
-                      segmentation=segmentation == "on", resume=resume)
+    cfg = TrainConfig(
+        data=data,
+        out=out_dir,
+        epochs=epochs,
+        batch_size=batch_size,
+        limit=limit,
+        seed=seed,
+        segmentation=segmentation == "on",
+        resume=resume,
+    )
     try:
         meta = finalize(cfg) if export_only else run_training(cfg)
     except PipelineError as exc:
@@ -148,8 +175,12 @@ def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, resume, 
 
 
 @main.command()
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False),
-              help="image folder with one subfolder per FER class name")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="image folder with one subfolder per FER class name",
+)
 @click.option("--model", help="model directory or .tflite (default: the shipped model)")
 @click.option("--detect", is_flag=True, help="find the largest face with Haar first (uncropped photos)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")

@@ -29,7 +29,9 @@ class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     source: str = Field(alias="from", description="name of the upstream stage")
-    policy: Policy = Field("block", description="block: wait for room (files); drop-oldest: keep the newest frames (live sources)")
+    policy: Policy = Field(
+        "block", description="block: wait for room (files); drop-oldest: keep the newest frames (live sources)"
+    )
     hwm: int = Field(4, ge=1, le=1000, description="queue bound in messages, on each side of the link")
     codec: Literal["raw", "jpeg"] = Field("raw", description="image encoding on the wire; jpeg for links between machines")
 
@@ -112,8 +114,7 @@ class Topology:
 
     def expected_eos(self, name: str, stream: str) -> int:
         """How many end-of-stream markers for ``stream`` reach each worker of ``name``."""
-        return sum(self.stages[link.source].workers for link in self.stages[name].inputs
-                   if stream in self.streams[link.source])
+        return sum(self.stages[link.source].workers for link in self.stages[name].inputs if stream in self.streams[link.source])
 
     @cached_property
     def streams(self) -> dict[str, frozenset[str]]:
@@ -166,13 +167,14 @@ class Topology:
                 raise ConfigError(f"{where}.inputs: required: a {stage.type} stage needs an upstream stage")
             for j, link in enumerate(stage.inputs):
                 if link.source not in self.stages:
-                    raise ConfigError(f"{where}.inputs[{j}]: no stage named {link.source!r}; "
-                                      f"stages are {', '.join(self.stages)}")
+                    raise ConfigError(f"{where}.inputs[{j}]: no stage named {link.source!r}; stages are {', '.join(self.stages)}")
                 if self.classes[link.source].is_sink:
                     raise ConfigError(f"{where}.inputs[{j}]: {link.source!r} is a sink and has no output")
             if stage.workers > 1 and (cls.is_source or cls.ordered_input):
-                raise ConfigError(f"{where}.workers: must be 1 for a {stage.type} stage "
-                                  f"({'a source' if cls.is_source else 'it needs frames in order'}), got {stage.workers}")
+                raise ConfigError(
+                    f"{where}.workers: must be 1 for a {stage.type} stage "
+                    f"({'a source' if cls.is_source else 'it needs frames in order'}), got {stage.workers}"
+                )
         try:
             _topological_order(self.config.stages)
         except ConfigError as exc:
@@ -196,7 +198,7 @@ class Topology:
 
     def _check_endpoints(self) -> None:
         owner: dict[str, str] = {}
-        for name, stage in self.stages.items():
+        for name in self.stages:
             if self.classes[name].is_source:
                 continue
             for endpoint in self.bind_endpoints(name):
@@ -226,7 +228,7 @@ def _topological_order(stages: list[StageConfig]) -> list[str]:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = path[path.index(name):] + [name]
+            cycle = path[path.index(name) :] + [name]
             raise ConfigError(f"cycle {' -> '.join(reversed(cycle))}")
         state[name] = 1
         for dep in deps[name]:

@@ -12,8 +12,9 @@ import multiprocessing as mp
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 import zmq
@@ -64,8 +65,14 @@ class Launcher:
         on_event: called with every control event (for ``--stats`` and the benchmark).
     """
 
-    def __init__(self, topology: Topology, context: dict[str, Any], only: list[str] | None = None,
-                 max_restarts: int = 3, on_event: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(
+        self,
+        topology: Topology,
+        context: dict[str, Any],
+        only: list[str] | None = None,
+        max_restarts: int = 3,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.topology = topology
         self.context = context
         self.only = only or list(topology.order)
@@ -97,8 +104,12 @@ class Launcher:
         control.setsockopt(zmq.LINGER, 0)
         control.bind(self.control_endpoint)
         # Consumers first, so that their endpoints are bound when producers start sending.
-        workers = [Worker(name, i) for name in reversed(self.topology.order) if name in self.only
-                   for i in range(self.topology.stages[name].workers)]
+        workers = [
+            Worker(name, i)
+            for name in reversed(self.topology.order)
+            if name in self.only
+            for i in range(self.topology.stages[name].workers)
+        ]
         result = RunResult(code=0, stages={}, started=time.time())
         try:
             for w in workers:
@@ -190,7 +201,8 @@ class ProcessLauncher(Launcher):
 
     def start_worker(self, worker: Worker) -> None:
         worker.handle = self._mp.Process(
-            target=_process_main, name=worker.label,
+            target=_process_main,
+            name=worker.label,
             args=(self.topology, worker.stage, worker.index, self.context, self.control_endpoint),
         )
         worker.handle.start()
@@ -214,8 +226,7 @@ class ThreadLauncher(Launcher):
 
         def target() -> None:
             try:
-                box["code"] = run_worker(self.topology, worker.stage, worker.index, self.context,
-                                         self.control_endpoint, stop)
+                box["code"] = run_worker(self.topology, worker.stage, worker.index, self.context, self.control_endpoint, stop)
             except BaseException:  # noqa: BLE001 - reported as a crash, like a dead process
                 log.exception("%s crashed", worker.label)
                 box["code"] = 1

@@ -10,8 +10,9 @@ No pickle anywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import msgpack
@@ -148,8 +149,15 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
     if len(head) > MAX_HEADER_BYTES:
         raise MessageError(f"header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = msgpack.unpackb(head, raw=False, strict_map_key=True, max_bin_len=1 << 16,
-                                 max_str_len=1 << 16, max_array_len=1 << 16, max_map_len=1 << 12)
+        header = msgpack.unpackb(
+            head,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=1 << 16,
+            max_str_len=1 << 16,
+            max_array_len=1 << 16,
+            max_map_len=1 << 12,
+        )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
         raise MessageError(f"header is not valid msgpack: {exc}") from exc
     if not isinstance(header, dict):
@@ -160,8 +168,14 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
     if kind not in (FRAME, EOS):
         raise MessageError(f"kind {kind!r}, expected {FRAME!r} or {EOS!r}")
     try:
-        msg = Message(kind=kind, stream=str(header["stream"]), seq=int(header["seq"]), ts=float(header["ts"]),
-                      stamps=dict(header.get("stamps") or {}), meta=dict(header.get("meta") or {}))
+        msg = Message(
+            kind=kind,
+            stream=str(header["stream"]),
+            seq=int(header["seq"]),
+            ts=float(header["ts"]),
+            stamps=dict(header.get("stamps") or {}),
+            meta=dict(header.get("meta") or {}),
+        )
         faces = list(header.get("faces") or [])
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageError(f"bad header field: {exc!r}") from exc

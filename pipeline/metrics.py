@@ -56,9 +56,23 @@ def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Merge worker snapshots into one row per stage."""
     rows: dict[str, dict[str, Any]] = {}
     for snap in snapshots:
-        row = rows.setdefault(snap["stage"], {"workers": 0, "frames_in": 0, "frames_out": 0, "dropped": 0, "late": 0,
-                                              "errors": 0, "busy_s": 0.0, "cpu_s": 0.0, "rss_mib": 0.0,
-                                              "process_ms": [], "wait_ms": [], "latency_ms": []})
+        row = rows.setdefault(
+            snap["stage"],
+            {
+                "workers": 0,
+                "frames_in": 0,
+                "frames_out": 0,
+                "dropped": 0,
+                "late": 0,
+                "errors": 0,
+                "busy_s": 0.0,
+                "cpu_s": 0.0,
+                "rss_mib": 0.0,
+                "process_ms": [],
+                "wait_ms": [],
+                "latency_ms": [],
+            },
+        )
         row["workers"] += 1
         for key in ("frames_in", "frames_out", "dropped", "late", "errors", "busy_s", "cpu_s"):
             row[key] += snap[key]
@@ -81,9 +95,14 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    head = f"{'stage':<12}{'workers':>8}{'in':>7}{'out':>7}{'dropped':>8}{'late':>5}{'errors':>7}{'p50 ms':>8}{'p95 ms':>8}{'wait p50':>9}{'RSS MiB':>9}"
+    head = (
+        f"{'stage':<12}{'workers':>8}{'in':>7}{'out':>7}{'dropped':>8}{'late':>5}{'errors':>7}"
+        f"{'p50 ms':>8}{'p95 ms':>8}{'wait p50':>9}{'RSS MiB':>9}"
+    )
     lines = [head]
     for name, r in rows.items():
-        lines.append(f"{name:<12}{r['workers']:>8}{r['frames_in']:>7}{r['frames_out']:>7}{r['dropped']:>8}{r['late']:>5}{r['errors']:>7}"
-                     f"{ms(r['process_p50_ms']):>8}{ms(r['process_p95_ms']):>8}{ms(r['wait_p50_ms']):>9}{r['rss_mib']:>9.0f}")
+        lines.append(
+            f"{name:<12}{r['workers']:>8}{r['frames_in']:>7}{r['frames_out']:>7}{r['dropped']:>8}{r['late']:>5}{r['errors']:>7}"
+            f"{ms(r['process_p50_ms']):>8}{ms(r['process_p95_ms']):>8}{ms(r['wait_p50_ms']):>9}{r['rss_mib']:>9.0f}"
+        )
     return "\n".join(lines)

@@ -84,8 +84,7 @@ class EmotionModel:
         expected = (self.info.input_size, self.info.input_size, self.info.channels)
         if tuple(self._input["shape"][1:]) != expected:
             raise ModelError(
-                f"{self.path}: {TFLITE_NAME} takes input {tuple(self._input['shape'][1:])} "
-                f"but {METADATA_NAME} says {expected}"
+                f"{self.path}: {TFLITE_NAME} takes input {tuple(self._input['shape'][1:])} but {METADATA_NAME} says {expected}"
             )
         self._batch = 0
 

@@ -11,6 +11,7 @@ queue is full or which is restarting, and send end-of-stream to every worker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -160,10 +161,9 @@ class Control:
 
     def emit(self, event: str, **data: Any) -> None:
         if self.sock is not None:
-            try:
+            # The launcher is gone or flooded: events are advisory, so a full queue drops them.
+            with contextlib.suppress(zmq.Again):
                 self.sock.send(msgpack.packb({"event": event, **self.base, **data}), flags=zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # the launcher is gone or flooded: events are advisory
 
     def close(self) -> None:
         if self.sock is not None:
@@ -189,9 +189,16 @@ def run_worker(
     control = Control(ctx, control_endpoint, name, worker)
     metrics = StageMetrics(name, worker)
     stage_cls = topology.classes[name]
-    stage: Stage = stage_cls(topology.params[name], name=name,
-                             context={**context, "worker": worker, "label": label,
-                                      "stream": topology.stream_id(name) if stage_cls.is_source else None})
+    stage: Stage = stage_cls(
+        topology.params[name],
+        name=name,
+        context={
+            **context,
+            "worker": worker,
+            "label": label,
+            "stream": topology.stream_id(name) if stage_cls.is_source else None,
+        },
+    )
     outputs: list[Output] = []
     inp: Input | None = None
     finished = False

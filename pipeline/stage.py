@@ -5,7 +5,8 @@ The runner (``pipeline.runner``) owns the sockets, the loop, metrics and error h
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 

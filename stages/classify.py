@@ -68,6 +68,7 @@ class Classify(Stage):
         if face.get("seg") is None:
             raise ModelError(f"model {self.model.path} needs the segmentation channel, but a face has no 'seg'")
         if face.get("k") != self.info.segmentation_k:
-            raise ModelError(f"model {self.model.path} was trained with k={self.info.segmentation_k}, "
-                             f"the segment stage uses k={face.get('k')}")
+            raise ModelError(
+                f"model {self.model.path} was trained with k={self.info.segmentation_k}, the segment stage uses k={face.get('k')}"
+            )
         return segmentation_channel(face["seg"], self.info.segmentation_k)

@@ -90,7 +90,8 @@ class Detect(Stage):
 
     def process(self, msg: Message) -> Message:
         p: DetectParams = self.params
-        boxes = detect_faces(to_gray(msg.image), self._classifier, p.scale_factor, p.min_neighbors,
-                             p.min_size, p.detect_width, p.equalize)
+        boxes = detect_faces(
+            to_gray(msg.image), self._classifier, p.scale_factor, p.min_neighbors, p.min_size, p.detect_width, p.equalize
+        )
         msg.faces = [{"box": box} for box in boxes]
         return msg

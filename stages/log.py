@@ -72,10 +72,12 @@ class Log(Stage):
         self._db.execute("PRAGMA journal_mode=WAL")  # readers (reports) never block the writer
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                             [("schema_version", str(SCHEMA_VERSION)), ("classes", json.dumps(EMOTIONS))])
+        self._db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [("schema_version", str(SCHEMA_VERSION)), ("classes", json.dumps(EMOTIONS))],
+        )
         self._db.commit()
-        self._jsonl = open(out / p.jsonl, "a") if p.jsonl else None
+        self._jsonl = open(out / p.jsonl, "a") if p.jsonl else None  # noqa: SIM115 - open until on_stop
         self._detections: list[tuple] = []
         self._frames: list[tuple] = []
         self._last_flush = time.monotonic()
@@ -87,13 +89,33 @@ class Log(Stage):
         for i, face in enumerate(msg.faces):
             x, y, w, h = face["box"]
             probs = face.get("probs") or [None] * len(EMOTIONS)
-            row = (msg.stream, msg.seq, msg.ts, i, face.get("track"), x, y, w, h,
-                   face.get("emotion"), face.get("confidence"), *probs)
+            row = (
+                msg.stream,
+                msg.seq,
+                msg.ts,
+                i,
+                face.get("track"),
+                x,
+                y,
+                w,
+                h,
+                face.get("emotion"),
+                face.get("confidence"),
+                *probs,
+            )
             self._detections.append(row)
             if self._jsonl is not None:
-                record = {"stream": msg.stream, "frame": msg.seq, "ts": msg.ts, "face": i, "track": face.get("track"),
-                          "box": face["box"], "emotion": face.get("emotion"), "confidence": face.get("confidence"),
-                          "probs": dict(zip(EMOTIONS, face["probs"])) if face.get("probs") else None}
+                record = {
+                    "stream": msg.stream,
+                    "frame": msg.seq,
+                    "ts": msg.ts,
+                    "face": i,
+                    "track": face.get("track"),
+                    "box": face["box"],
+                    "emotion": face.get("emotion"),
+                    "confidence": face.get("confidence"),
+                    "probs": dict(zip(EMOTIONS, face["probs"])) if face.get("probs") else None,
+                }
                 self._jsonl.write(json.dumps(record) + "\n")
         if len(self._detections) >= self.params.batch_rows or time.monotonic() - self._last_flush >= self.params.flush_s:
             self.flush()
@@ -110,8 +132,9 @@ class Log(Stage):
                 self._db.executemany(f"INSERT INTO detections VALUES ({placeholders})", self._detections)
                 self._db.executemany("INSERT INTO frames VALUES (?, ?, ?, ?, ?)", self._frames)
         except sqlite3.Error as exc:
-            log.error("%s: cannot write %d rows to %s (%s); keeping them and retrying",
-                      self.name, len(self._detections), self.path, exc)
+            log.error(
+                "%s: cannot write %d rows to %s (%s); keeping them and retrying", self.name, len(self._detections), self.path, exc
+            )
             return False
         self.rows += len(self._detections)
         self._detections.clear()

@@ -16,8 +16,14 @@ from pipeline.stage import Params, Stage
 
 # BGR colours per emotion, chosen to read well on video.
 COLOURS = {
-    "angry": (40, 40, 230), "disgust": (40, 140, 40), "fear": (160, 60, 160), "happy": (40, 200, 240),
-    "sad": (200, 120, 40), "surprise": (0, 140, 255), "neutral": (200, 200, 200), "uncertain": (128, 128, 128),
+    "angry": (40, 40, 230),
+    "disgust": (40, 140, 40),
+    "fear": (160, 60, 160),
+    "happy": (40, 200, 240),
+    "sad": (200, 120, 40),
+    "surprise": (0, 140, 255),
+    "neutral": (200, 200, 200),
+    "uncertain": (128, 128, 128),
 }
 
 
@@ -79,8 +85,9 @@ class Render(Stage):
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             height, width = frame.shape[:2]
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*p.fourcc),
-                                           float(msg.meta.get("fps", 30.0)), (width, height))
+            self._writer = cv2.VideoWriter(
+                str(self.path), cv2.VideoWriter_fourcc(*p.fourcc), float(msg.meta.get("fps", 30.0)), (width, height)
+            )
             if not self._writer.isOpened():
                 raise PipelineError(f"{self.path}: cannot open a {p.fourcc} video writer")
         self._writer.write(frame)

@@ -21,8 +21,7 @@ PYTHON = sys.executable
 def need(path: Path) -> Path:
     """Skip the test with a clear reason when research data is absent."""
     if not path.exists():
-        pytest.skip(f"research data not found: {path} (expected ../shared/data beside the checkout, "
-                    f"or set EMOTION_SHARED_DATA)")
+        pytest.skip(f"research data not found: {path} (expected ../shared/data beside the checkout, or set EMOTION_SHARED_DATA)")
     return path
 
 

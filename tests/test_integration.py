@@ -23,13 +23,13 @@ CLIP_FRAMES = 464
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "run_pipeline.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([PYTHON, "run_pipeline.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def start_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "run_pipeline.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [PYTHON, "run_pipeline.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def video_frames(path: Path) -> list[np.ndarray]:
@@ -47,9 +47,10 @@ def check_outputs(out: Path, video: Path, min_rows_share: float = 0.95) -> None:
     annotated, source = video_frames(out / "annotated.mp4"), video_frames(video)
     assert len(annotated) == len(source) == CLIP_FRAMES
     # Frame i of the output is closer to source frame i than to source frames i +- 5.
-    matches = [np.abs(a - source[i]).mean() < min(np.abs(a - source[j]).mean() for j in (i - 5, i + 5)
-                                                  if 0 <= j < len(source))
-               for i, a in enumerate(annotated)]
+    matches = [
+        np.abs(a - source[i]).mean() < min(np.abs(a - source[j]).mean() for j in (i - 5, i + 5) if 0 <= j < len(source))
+        for i, a in enumerate(annotated)
+    ]
     assert np.mean(matches) >= 0.95, f"only {np.mean(matches):.0%} of output frames match their source frame"
     with sqlite3.connect(out / "emotions.sqlite") as db:
         logged = [r[0] for r in db.execute("SELECT frame FROM frames ORDER BY rowid")]
@@ -65,8 +66,7 @@ def stage_pids(output: str) -> dict[str, int]:
 
 
 def test_local_config_processes_the_whole_clip_in_separate_processes(video, model_dir, tmp_path):
-    result = run_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path),
-                     "--set", "capture.pacing=max")
+    result = run_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path), "--set", "capture.pacing=max")
     assert result.returncode == 0, result.stderr[-3000:]
     pids = stage_pids(result.stderr)
     assert set(pids) == {"capture", "detect", "segment", "classify", "render", "log"}
@@ -76,8 +76,7 @@ def test_local_config_processes_the_whole_clip_in_separate_processes(video, mode
 
 
 def test_scaled_config_keeps_every_frame_in_order(video, model_dir, tmp_path):
-    result = run_cli("run", "configs/scaled.yaml", "--source", str(video), "--out", str(tmp_path),
-                     "--set", "capture.pacing=max")
+    result = run_cli("run", "configs/scaled.yaml", "--source", str(video), "--out", str(tmp_path), "--set", "capture.pacing=max")
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"detect[0]", "detect[1]", "classify[0]", "classify[1]"} <= set(stage_pids(result.stderr))
     check_outputs(tmp_path, video)
@@ -85,13 +84,26 @@ def test_scaled_config_keeps_every_frame_in_order(video, model_dir, tmp_path):
 
 def test_two_halves_connected_over_tcp(video, model_dir, tmp_path, free_ports):
     base = free_ports(5)
-    endpoints = [f"{name}.endpoint=tcp://127.0.0.1:{base + i}"
-                 for i, name in enumerate(["detect", "segment", "classify", "render", "log"])]
+    endpoints = [
+        f"{name}.endpoint=tcp://127.0.0.1:{base + i}" for i, name in enumerate(["detect", "segment", "classify", "render", "log"])
+    ]
     sets = [arg for e in endpoints for arg in ("--set", e)]
-    compute = start_cli("run", "configs/distributed.yaml", "--stages", "segment,classify,render,log",
-                        "--out", str(tmp_path), *sets)
-    camera = start_cli("run", "configs/distributed.yaml", "--stages", "capture,detect", "--source", str(video),
-                       "--out", str(tmp_path / "camera"), "--set", "capture.pacing=max", *sets)
+    compute = start_cli(
+        "run", "configs/distributed.yaml", "--stages", "segment,classify,render,log", "--out", str(tmp_path), *sets
+    )
+    camera = start_cli(
+        "run",
+        "configs/distributed.yaml",
+        "--stages",
+        "capture,detect",
+        "--source",
+        str(video),
+        "--out",
+        str(tmp_path / "camera"),
+        "--set",
+        "capture.pacing=max",
+        *sets,
+    )
     try:
         camera_out, _ = camera.communicate(timeout=300)
         compute_out, _ = compute.communicate(timeout=120)
@@ -138,8 +150,7 @@ def test_killed_classify_worker_is_restarted_and_the_run_completes(video, model_
 
 def test_malformed_message_is_dropped_and_the_stage_goes_on(video, model_dir, tmp_path):
     runtime = tmp_path / "runtime"
-    proc = start_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path),
-                     "--runtime-dir", str(runtime))
+    proc = start_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path), "--runtime-dir", str(runtime))
     lines: list[str] = []
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)

@@ -16,9 +16,7 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) ->
     ``y_pred`` may hold -1 for "no prediction" (no face found): it counts as a miss.
     """
     labels = list(range(len(classes)))
-    report = classification_report(
-        y_true, y_pred, labels=labels, target_names=list(classes), output_dict=True, zero_division=0
-    )
+    report = classification_report(y_true, y_pred, labels=labels, target_names=list(classes), output_dict=True, zero_division=0)
     per_class = {
         name: {
             "precision": round(report[name]["precision"], 4),
@@ -57,8 +55,15 @@ def plot_confusion(confusion: list[list[int]], classes: tuple[str, ...], path: P
     ax.set_title(title)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n({int(cm[i, j])})",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

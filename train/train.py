@@ -95,9 +95,14 @@ def run_training(cfg: TrainConfig) -> dict:
     train_set, val_set, test_set = load_splits(cfg.data)
     if cfg.limit:
         train_set, val_set = _limit(train_set, cfg.limit), _limit(val_set, max(cfg.limit // 4, 8))
-    log.info("data: %d train, %d validation, %s test faces, loaded in %.1fs; train classes %s",
-             len(train_set), len(val_set), len(test_set) if test_set else "no", time.time() - t0,
-             train_set.class_counts())
+    log.info(
+        "data: %d train, %d validation, %s test faces, loaded in %.1fs; train classes %s",
+        len(train_set),
+        len(val_set),
+        len(test_set) if test_set else "no",
+        time.time() - t0,
+        train_set.class_counts(),
+    )
     x_train, x_val = _channels(train_set, cfg, "train"), _channels(val_set, cfg, "val")
     channels = x_train.shape[-1]
     weights = class_weights(train_set.labels, cfg.class_weight_power)
@@ -116,18 +121,17 @@ def run_training(cfg: TrainConfig) -> dict:
         .map(train_batch, num_parallel_calls=1)
         .prefetch(2)
     )
-    val_ds = (
-        tf.data.Dataset.from_tensor_slices((x_val, tf.one_hot(val_set.labels, n_classes)))
-        .batch(256)
-        .prefetch(1)
-    )
+    val_ds = tf.data.Dataset.from_tensor_slices((x_val, tf.one_hot(val_set.labels, n_classes))).batch(256).prefetch(1)
 
     # --- model ---------------------------------------------------------------
     model = build_model(channels, n_classes)
     steps = cfg.epochs * int(np.ceil(len(x_train) / cfg.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(
-        cfg.learning_rate / 10, decay_steps=steps, alpha=0.01,
-        warmup_target=cfg.learning_rate, warmup_steps=steps // cfg.epochs,
+        cfg.learning_rate / 10,
+        decay_steps=steps,
+        alpha=0.01,
+        warmup_target=cfg.learning_rate,
+        warmup_steps=steps // cfg.epochs,
     )
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
@@ -143,14 +147,14 @@ def run_training(cfg: TrainConfig) -> dict:
     callbacks = [
         _EpochTimer(len(x_train)),
         keras.callbacks.BackupAndRestore(str(backup)),
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_accuracy", mode="max", save_best_only=True,
-                                        initial_value_threshold=best_so_far),
+        keras.callbacks.ModelCheckpoint(
+            str(best_path), monitor="val_accuracy", mode="max", save_best_only=True, initial_value_threshold=best_so_far
+        ),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience),
         keras.callbacks.CSVLogger(str(history_csv), append=cfg.resume),
     ]
     t_train = time.time()
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-              verbose=1 if sys.stderr.isatty() else 2)
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     log.info("training took %.0fs this session", time.time() - t_train)
     shutil.rmtree(backup, ignore_errors=True)  # the run is finished: nothing to resume
     return finalize(cfg, (train_set, val_set, test_set))
@@ -180,9 +184,12 @@ def finalize(cfg: TrainConfig, splits: tuple[FaceSet, FaceSet, FaceSet | None] |
         "input_size": FACE_SIZE,
         "channels": int(best.input_shape[-1]),
         "preprocessing": "gray face crop resized to 48x48 (pipeline.faces.crop_face), raw 0..255 float32; "
-                         "scaling is inside the model; output averages the face and its mirror image",
-        "segmentation": {"enabled": cfg.segmentation, "k": cfg.segmentation_k if cfg.segmentation else 0,
-                         "function": "pipeline.faces.segment_face"},
+        "scaling is inside the model; output averages the face and its mirror image",
+        "segmentation": {
+            "enabled": cfg.segmentation,
+            "k": cfg.segmentation_k if cfg.segmentation else 0,
+            "function": "pipeline.faces.segment_face",
+        },
         "parameters": int(best.count_params()),
         "tflite_bytes": tflite_bytes,
         "training": {
@@ -217,10 +224,11 @@ def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256) -> dic
     info = model.info
     seg = None
     if info.segmentation:
-        seg = segmentation_channels(faces.images, info.segmentation_k,
-                                    CACHE_DIR / f"seg-k{info.segmentation_k}-eval-{faces.fingerprint()}.npy")
+        seg = segmentation_channels(
+            faces.images, info.segmentation_k, CACHE_DIR / f"seg-k{info.segmentation_k}-eval-{faces.fingerprint()}.npy"
+        )
     x = model_input(faces.images, seg)
-    probs = np.concatenate([model.predict(x[i:i + batch]) for i in range(0, len(x), batch)])
+    probs = np.concatenate([model.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
     return report.metrics(faces.labels, probs.argmax(axis=1), model.classes)
 
 

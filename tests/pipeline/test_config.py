@@ -22,8 +22,7 @@ def chain(model_dir: Path | None = None, **changes) -> list[dict]:
         {"name": "capture", "type": "capture", "params": {"source": "0"}},
         {"name": "detect", "type": "detect", "inputs": ["capture"]},
         {"name": "segment", "type": "segment", "inputs": ["detect"]},
-        {"name": "classify", "type": "classify", "inputs": ["segment"],
-         "params": {"model": str(model_dir)} if model_dir else {}},
+        {"name": "classify", "type": "classify", "inputs": ["segment"], "params": {"model": str(model_dir)} if model_dir else {}},
         {"name": "log", "type": "log", "inputs": ["classify"]},
     ]
     for stage in stages:
@@ -93,8 +92,9 @@ def test_classify_without_a_detector_upstream_is_refused(tmp_path, model_dir):
 
 
 def test_endpoint_clash_is_reported(tmp_path, model_dir):
-    stages = chain(model_dir, detect={"endpoint": "tcp://127.0.0.1:6000", "workers": 2},
-                   segment={"endpoint": "tcp://127.0.0.1:6001"})
+    stages = chain(
+        model_dir, detect={"endpoint": "tcp://127.0.0.1:6000", "workers": 2}, segment={"endpoint": "tcp://127.0.0.1:6001"}
+    )
     assert "(segment).endpoint: tcp://127.0.0.1:6001 clashes with stage 'detect'" in error_of(tmp_path, stages)
 
 
@@ -109,8 +109,9 @@ def test_missing_source_file_is_a_config_error(tmp_path, model_dir):
 
 
 def test_overrides_reach_params_and_stage_fields(tmp_path, model_dir):
-    topology = load_topology(write(tmp_path, chain(model_dir)), tmp_path,
-                             overrides=["detect.workers=3", "segment.k=6", "detect.scale_factor=1.3"])
+    topology = load_topology(
+        write(tmp_path, chain(model_dir)), tmp_path, overrides=["detect.workers=3", "segment.k=6", "detect.scale_factor=1.3"]
+    )
     assert topology.stages["detect"].workers == 3
     assert topology.params["segment"].k == 6 and topology.params["detect"].scale_factor == 1.3
     assert len(topology.endpoints("detect")) == 3

@@ -9,8 +9,15 @@ from pipeline.message import FORMAT_VERSION, Message, decode, encode
 def frame_message() -> Message:
     image = np.random.default_rng(0).integers(0, 255, (36, 64, 3), dtype=np.uint8)
     seg = np.arange(48 * 48, dtype=np.uint8).reshape(48, 48) % 4
-    return Message(stream="cam", seq=7, ts=12.5, stamps={"capture": 12.6}, image=image,
-                   faces=[{"box": [1, 2, 30, 30], "seg": seg, "probs": [0.5, 0.5]}], meta={"fps": 25.0})
+    return Message(
+        stream="cam",
+        seq=7,
+        ts=12.5,
+        stamps={"capture": 12.6},
+        image=image,
+        faces=[{"box": [1, 2, 30, 30], "seg": seg, "probs": [0.5, 0.5]}],
+        meta={"fps": 25.0},
+    )
 
 
 def as_bytes(frames) -> list[bytes]:
@@ -20,8 +27,14 @@ def as_bytes(frames) -> list[bytes]:
 def test_raw_round_trip_keeps_every_field():
     msg = frame_message()
     out = decode(as_bytes(encode(msg)))
-    assert (out.kind, out.stream, out.seq, out.ts, out.stamps, out.meta) == ("frame", "cam", 7, 12.5, {"capture": 12.6},
-                                                                          {"fps": 25.0})
+    assert (out.kind, out.stream, out.seq, out.ts, out.stamps, out.meta) == (
+        "frame",
+        "cam",
+        7,
+        12.5,
+        {"capture": 12.6},
+        {"fps": 25.0},
+    )
     np.testing.assert_array_equal(out.image, msg.image)
     np.testing.assert_array_equal(out.faces[0]["seg"], msg.faces[0]["seg"])
     assert out.faces[0]["box"] == [1, 2, 30, 30] and out.faces[0]["probs"] == [0.5, 0.5]

@@ -6,8 +6,13 @@ from stages.detect import DEFAULT_CASCADE, detect_faces, load_cascade, resolve_c
 
 # Expected counts from shared/data/faces/SOURCE.md (default cascade, scaleFactor 1.1, minNeighbors 5).
 EXPECTED = {
-    "deepface_img5.jpg": 1, "deepface_img12.jpg": 1, "deepface_img25.jpg": 1, "deepface_img50.jpg": 1,
-    "face_recognition_obama_small.jpg": 1, "face_recognition_two_people.jpg": 2, "fer_justin.jpg": 1,
+    "deepface_img5.jpg": 1,
+    "deepface_img12.jpg": 1,
+    "deepface_img25.jpg": 1,
+    "deepface_img50.jpg": 1,
+    "face_recognition_obama_small.jpg": 1,
+    "face_recognition_two_people.jpg": 2,
+    "fer_justin.jpg": 1,
     "NEGATIVE_fer_no-faces.jpg": 0,
 }
 
