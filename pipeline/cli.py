@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -33,6 +34,28 @@ def main() -> None:
     """Real-time facial emotion recognition as a streaming pipeline of processes."""
 
 
+class _EventSink:
+    """Feeds launcher events to ``--stats`` (a table every 5 s) and the Prometheus collector."""
+
+    def __init__(self, print_stats: bool, collector=None):
+        self.print_stats = print_stats
+        self.collector = collector
+        self.live: dict[tuple, dict] = {}
+        self.printed = 0.0
+
+    def __call__(self, event: dict) -> None:
+        from pipeline.metrics import format_table, summarise
+
+        if self.collector is not None:
+            self.collector.update(event)
+        if event.get("event") not in ("stats", "done"):
+            return
+        self.live[(event["stage"], event["worker"])] = event["stats"]
+        if self.print_stats and time.monotonic() - self.printed > 5:
+            self.printed = time.monotonic()
+            click.echo(format_table(summarise(list(self.live.values()))), err=True)
+
+
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--source", help="override the capture source: camera index, video file, image folder or URL")
@@ -52,15 +75,16 @@ def main() -> None:
     help="folder for default ipc:// endpoints (give the same one to runs that share a machine)",
 )
 @click.option("--stats", is_flag=True, help="print per-stage figures every few seconds")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
 @click.option(
     "--max-restarts", default=3, show_default=True, type=click.IntRange(0, 100), help="restarts allowed per crashed worker"
 )
 @click.option("-v", "--verbose", is_flag=True)
-def run(config, source, out_dir, overrides, only, runtime_dir, stats, max_restarts, verbose):
+def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_port, max_restarts, verbose):
     """Run the pipeline described by CONFIG until its sources end (or Ctrl-C)."""
     from pipeline.config import load_topology
     from pipeline.launcher import ProcessLauncher, install_signal_handlers
-    from pipeline.metrics import format_table, summarise
+    from pipeline.metrics import format_table
 
     level = _setup_logging(verbose)
     own_runtime = runtime_dir is None
@@ -72,24 +96,17 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, max_restar
         if unknown:
             raise PipelineError(f"--stages: no stage named {', '.join(unknown)}; stages are {', '.join(topology.stages)}")
 
-        live: dict[tuple, dict] = {}
-        printed = [0.0]
+        collector = None
+        if metrics_port:
+            from pipeline.prometheus import serve
 
-        def on_event(event: dict) -> None:
-            if event.get("event") in ("stats", "done"):
-                live[(event["stage"], event["worker"])] = event["stats"]
-                import time
-
-                if stats and time.monotonic() - printed[0] > 5:
-                    printed[0] = time.monotonic()
-                    click.echo(format_table(summarise(list(live.values()))), err=True)
-
+            collector = serve(metrics_port)
         launcher = ProcessLauncher(
             topology,
             {"out": str(Path(out_dir).resolve()), "log_level": level, "log_format": LOG_FORMAT},
             only=names,
             max_restarts=max_restarts,
-            on_event=on_event,
+            on_event=_EventSink(stats, collector),
         )
         install_signal_handlers(launcher)
         result = launcher.run()
@@ -202,6 +219,31 @@ def evaluate(data, model, detect, as_json):
         click.echo(f"no face found in {len(result['no_face'])} images (counted as misses)")
     if result["skipped"]:
         click.echo(f"skipped {len(result['skipped'])} unreadable images")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--source", required=True, type=click.Path(exists=True), help="a video file")
+@click.option("--fps", "paced_fps", type=float, help="pace the paced runs at this rate (default: the file's fps)")
+@click.option("--frames", type=click.IntRange(2), help="use only the first N frames (quick checks)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--plot", type=click.Path(dir_okay=False), help="write latency and throughput plots to this PNG")
+def bench(config, source, paced_fps, frames, as_json, plot):
+    """Measure throughput, latency, CPU and memory of CONFIG against a sequential baseline."""
+    from pipeline.bench import format_bench, plot_bench, run_bench
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        result = run_bench(config, source, paced_fps, frames)
+    except PipelineError as exc:
+        _fail(exc)
+    if plot:
+        plot_bench(result, Path(plot))
+    if as_json:
+        result.pop("runs")
+        click.echo(json.dumps(result))
+    else:
+        click.echo(format_bench(result))
 
 
 if __name__ == "__main__":

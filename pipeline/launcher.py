@@ -50,6 +50,7 @@ class RunResult:
     code: int
     stages: dict[str, dict[str, Any]]
     events: list[dict[str, Any]] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # each worker's last figures
     started: float = 0.0
     ended: float = 0.0
 
@@ -122,7 +123,8 @@ class Launcher:
             control.close(linger=0)
             ctx.term()
         result.ended = time.time()
-        result.stages = summarise([w.stats for w in workers if w.stats])
+        result.snapshots = [w.stats for w in workers if w.stats]
+        result.stages = summarise(result.snapshots)
         return result
 
     def _supervise(self, workers: list[Worker], control: zmq.Socket, events: list) -> int:

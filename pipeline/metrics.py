@@ -28,10 +28,12 @@ class StageMetrics:
     busy_s: float = 0.0  # time spent in process(), for CPU share and ideal throughput
     cpu_s: float = 0.0
     rss_mib: float = 0.0
+    first_ts: float | None = None  # when the first frame left this stage (sinks: was written)
     process_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))
+    cpu_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))  # thread CPU time in process()
     wait_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))  # capture -> here (sinks)
-    latency_series: list = field(default_factory=list)  # (seq, ms) at sinks, for plots
+    latency_series: deque = field(default_factory=lambda: deque(maxlen=20_000))  # (capture ts, ms) at sinks
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able summary sent to the launcher."""
@@ -46,9 +48,12 @@ class StageMetrics:
             "busy_s": round(self.busy_s, 4),
             "cpu_s": round(self.cpu_s, 3),
             "rss_mib": round(self.rss_mib, 1),
+            "first_ts": self.first_ts,
             "process_ms": list(self.process_ms),
+            "cpu_ms": list(self.cpu_ms),
             "wait_ms": list(self.wait_ms),
             "latency_ms": list(self.latency_ms),
+            "latency_series": [list(p) for p in self.latency_series],
         }
 
 
@@ -68,7 +73,9 @@ def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "busy_s": 0.0,
                 "cpu_s": 0.0,
                 "rss_mib": 0.0,
+                "first_ts": None,
                 "process_ms": [],
+                "cpu_ms": [],
                 "wait_ms": [],
                 "latency_ms": [],
             },
@@ -77,9 +84,13 @@ def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for key in ("frames_in", "frames_out", "dropped", "late", "errors", "busy_s", "cpu_s"):
             row[key] += snap[key]
         row["rss_mib"] = max(row["rss_mib"], snap["rss_mib"])
-        for key in ("process_ms", "wait_ms", "latency_ms"):
-            row[key] = row[key] + snap[key]
+        if snap.get("first_ts") is not None:
+            row["first_ts"] = min(row["first_ts"] or snap["first_ts"], snap["first_ts"])
+        for key in ("process_ms", "cpu_ms", "wait_ms", "latency_ms"):
+            row[key] = row[key] + snap.get(key, [])
     for row in rows.values():
+        cpu = row.pop("cpu_ms")
+        row["cpu_ms_per_frame"] = float(np.mean(cpu)) if cpu else None
         for key in ("process_ms", "wait_ms", "latency_ms"):
             values = row.pop(key)
             row[f"{key[:-3]}_p50_ms"] = percentile(values, 50)

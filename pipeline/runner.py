@@ -272,18 +272,19 @@ class _Loop:
     def _run_source(self) -> None:
         stream = self.stage.context["stream"]
         count = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for msg in self.stage.generate():
             busy = time.perf_counter() - t0
             self.metrics.busy_s += busy
             self.metrics.process_ms.append(busy * 1000)
+            self.metrics.cpu_ms.append((time.thread_time() - c0) * 1000)
             msg.stream, msg.seq = stream, count
             count += 1
             self._emit(msg)
             self._tick()
             if self.stop.is_set() or self._orphaned():
                 break
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
         if not self.stop.is_set():
             self._broadcast(Message.eos(stream, count))
 
@@ -345,7 +346,7 @@ class _Loop:
         log.info("%s: end of stream %s after %d frames", self.label, msg.stream, msg.seq)
 
     def _process(self, msg: Message) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             out = self.stage.process(msg)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the stage
@@ -356,9 +357,12 @@ class _Loop:
         busy = time.perf_counter() - t0
         self.metrics.busy_s += busy
         self.metrics.process_ms.append(busy * 1000)
+        self.metrics.cpu_ms.append((time.thread_time() - c0) * 1000)
         if self.is_sink:
-            latency = (time.time() - msg.ts) * 1000
-            self.metrics.latency_ms.append(latency)
+            now = time.time()
+            self.metrics.first_ts = self.metrics.first_ts or now
+            self.metrics.latency_ms.append((now - msg.ts) * 1000)
+            self.metrics.latency_series.append((msg.ts, (now - msg.ts) * 1000))
         if out is not None:
             self._emit(out)
 
@@ -391,7 +395,7 @@ class _Loop:
             self._last_stats = now
             _resources(self.metrics)
             snap = self.metrics.snapshot()
-            for key in ("process_ms", "wait_ms", "latency_ms"):
+            for key in ("process_ms", "cpu_ms", "wait_ms", "latency_ms", "latency_series"):
                 snap[key] = snap[key][-200:]  # periodic stats: recent frames only
             self.control.emit("stats", stats=snap)
 

@@ -1,0 +1,232 @@
+"""Benchmark: the pipeline as fast as possible, paced, overloaded, and a sequential baseline.
+
+All four runs happen in one call, on one machine, so their ratios are comparable even on a
+noisy machine. See ``run_pipeline.py bench --help``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import InputConfig, Topology, load_topology
+from pipeline.launcher import ProcessLauncher, RunResult
+from pipeline.metrics import percentile
+
+log = logging.getLogger(__name__)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    return {f"p{q}": _round(percentile(values, q)) for q in (50, 95, 99)}
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _with_policy(topology: Topology, policy: str, hwm: int) -> Topology:
+    """The same topology with every link's policy and queue bound replaced."""
+    stages = [
+        stage.model_copy(
+            update={
+                "inputs": [
+                    InputConfig(**{**link.model_dump(by_alias=True), "policy": policy, "hwm": hwm}) for link in stage.inputs
+                ]
+            }
+        )
+        for stage in topology.config.stages
+    ]
+    return Topology(topology.config.model_copy(update={"stages": stages}), topology.runtime_dir)
+
+
+def pipeline_run(topology: Topology, out: Path, context: dict[str, Any]) -> dict[str, Any]:
+    """Run the topology once in processes and reduce its figures."""
+    rss_seen: dict[str, list[float]] = {}
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "stats":
+            rss_seen.setdefault(event["stage"], []).append(event["stats"]["rss_mib"])
+
+    result: RunResult = ProcessLauncher(topology, {**context, "out": str(out)}, on_event=on_event).run()
+    if result.code != 0:
+        raise RuntimeError(f"benchmark run failed with exit code {result.code}")
+    sinks = [s for s in result.snapshots if topology.classes[s["stage"]].is_sink]
+    series = sorted(p for s in sinks for p in s["latency_series"])
+    latencies = [ms for s in sinks for ms in s["latency_ms"]]
+    frames = max(s["frames_in"] for s in sinks)
+    first_capture = series[0][0]
+    last_done = max(ts + ms / 1000 for ts, ms in series)
+    cpu = {name: row["cpu_ms_per_frame"] for name, row in result.stages.items()}
+    per_frame_cost = sum(v for v in cpu.values() if v)
+    ideal = (os.cpu_count() or 1) * 1000 / per_frame_cost if per_frame_cost else None
+    fps = (frames - 1) / (last_done - first_capture) if frames > 1 else 0.0
+    return {
+        "frames": frames,
+        "fps": _round(fps, 1),
+        "latency_ms": _percentiles(latencies),
+        "dropped": sum(row["dropped"] + row["late"] for row in result.stages.values()),
+        "cpu_ms_per_frame": {k: _round(v) for k, v in cpu.items()},
+        "ideal_fps": _round(ideal, 1),
+        "efficiency": _round(fps / ideal if ideal else None, 3),
+        "rss_mib": {name: _round(row["rss_mib"], 1) for name, row in result.stages.items()},
+        "rss_growth_mib": {name: _round(v[-1] - v[min(2, len(v) - 1)], 1) for name, v in rss_seen.items() if v},
+        "first_frame_s": _round(min(s["first_ts"] for s in sinks if s["first_ts"]) - result.started),
+        "latency_series": [[round(ts - first_capture, 4), round(ms, 2)] for ts, ms in series],
+        "one_face_share": _one_face_share(out / "emotions.sqlite"),
+    }
+
+
+def _one_face_share(db_path: Path) -> float | None:
+    if not db_path.exists():
+        return None
+    with sqlite3.connect(db_path) as db:
+        counts = [r[0] for r in db.execute("SELECT faces FROM frames")]
+    return round(float(np.mean([c == 1 for c in counts])), 4) if counts else None
+
+
+def sequential_run(topology: Topology, out: Path, context: dict[str, Any]) -> dict[str, Any]:
+    """The same stage code in this one process, one frame through every stage at a time, no ZeroMQ."""
+    stages = {
+        name: topology.classes[name](
+            topology.params[name],
+            name=name,
+            context={**context, "out": str(out), "worker": 0, "label": name, "stream": topology.stream_id(name)},
+        )
+        for name in topology.order
+    }
+    for stage in stages.values():
+        stage.on_start()
+    source_name = next(n for n in topology.order if topology.classes[n].is_source)
+    rest = [n for n in topology.order if n != source_name]
+    frames = 0
+    try:
+        t0 = time.perf_counter()
+        for seq, msg in enumerate(stages[source_name].generate()):
+            msg.stream, msg.seq = topology.stream_id(source_name), seq
+            outputs = {source_name: msg}
+            for name in rest:
+                upstream = outputs.get(topology.stages[name].inputs[0].source)
+                outputs[name] = None if upstream is None else stages[name].process(upstream)
+            frames += 1
+        seconds = time.perf_counter() - t0
+    finally:
+        for stage in stages.values():
+            stage.on_stop()
+    return {"frames": frames, "fps": _round(frames / seconds, 1)}
+
+
+def run_bench(config: str, source: str, paced_fps: float | None = None, frames: int | None = None) -> dict[str, Any]:
+    """Run (a) max speed, (b) paced at the source's fps, (c) paced at twice that with drop-oldest
+    links, and (d) the sequential baseline; return one dict of figures."""
+    context = {"log_level": logging.WARNING, "log_format": "%(asctime)s %(levelname)s %(processName)s: %(message)s"}
+    with tempfile.TemporaryDirectory(prefix="emobench-") as tmp:
+        tmp_path = Path(tmp)
+
+        def topology(name: str, overrides: list[str]) -> Topology:
+            limit = [f"capture.max_frames={frames}"] if frames else []
+            return load_topology(config, tmp_path / f"rt-{name}", overrides + limit, source)
+
+        runs: dict[str, dict[str, Any]] = {}
+        log.info("bench: as fast as possible")
+        runs["max"] = pipeline_run(topology("max", ["capture.pacing=max"]), tmp_path / "max", context)
+        native = paced_fps or _native_fps(source)
+        log.info("bench: paced at %.1f fps", native)
+        runs["paced"] = pipeline_run(
+            topology("paced", ["capture.pacing=realtime", f"capture.fps={native}"]), tmp_path / "paced", context
+        )
+        log.info("bench: paced at %.1f fps with drop-oldest links", 2 * native)
+        overload = _with_policy(topology("overload", ["capture.pacing=realtime", f"capture.fps={2 * native}"]), "drop-oldest", 2)
+        runs["overload"] = pipeline_run(overload, tmp_path / "overload", context)
+        log.info("bench: sequential baseline")
+        baseline = sequential_run(topology("seq", ["capture.pacing=max"]), tmp_path / "seq", context)
+
+    fast = runs["max"]
+    return {
+        "config": config,
+        "source": source,
+        "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
+        "fps": fast["fps"],
+        "baseline_fps": baseline["fps"],
+        "speedup": _round(fast["fps"] / baseline["fps"], 2) if baseline["fps"] else None,
+        "latency_ms": runs["paced"]["latency_ms"],
+        "efficiency": fast["efficiency"],
+        "ideal_fps": fast["ideal_fps"],
+        "dropped": runs["paced"]["dropped"],
+        "rss_mib": fast["rss_mib"],
+        "first_frame_s": fast["first_frame_s"],
+        "one_face_share": fast["one_face_share"],
+        "cpu_ms_per_frame": fast["cpu_ms_per_frame"],
+        "paced_fps": native,
+        "overload": {k: runs["overload"][k] for k in ("fps", "latency_ms", "dropped", "rss_mib", "rss_growth_mib")},
+        "runs": runs,
+        "baseline": baseline,
+    }
+
+
+def _native_fps(source: str) -> float:
+    import cv2
+
+    cap = cv2.VideoCapture(source)
+    fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
+    cap.release()
+    return fps if fps and fps < 1000 else 30.0
+
+
+def format_bench(b: dict[str, Any]) -> str:
+    """The figures as a readable block."""
+    lat, ov = b["latency_ms"], b["overload"]
+    lines = [
+        f"{b['config']} on {b['source']} ({b['machine']})",
+        f"as fast as possible: {b['fps']} frames/s; sequential baseline {b['baseline_fps']} frames/s; speedup {b['speedup']}x",
+        f"ideal from stage costs: {b['ideal_fps']} frames/s; efficiency {b['efficiency']}",
+        f"paced at {b['paced_fps']:.1f} fps: latency p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms; "
+        f"dropped {b['dropped']}",
+        f"paced at {2 * b['paced_fps']:.1f} fps, drop-oldest: {ov['fps']} frames/s out, "
+        f"latency p99 {ov['latency_ms']['p99']} ms, "
+        f"dropped {ov['dropped']}, RSS growth {ov['rss_growth_mib']} MiB",
+        f"first frame out after {b['first_frame_s']} s; one face in {b['one_face_share']:.1%} of frames",
+        "stage        CPU ms/frame   RSS MiB",
+    ]
+    for name, cpu in b["cpu_ms_per_frame"].items():
+        lines.append(f"{name:<12}{cpu if cpu is not None else '-':>13}{b['rss_mib'].get(name, 0):>10}")
+    return "\n".join(lines)
+
+
+def plot_bench(b: dict[str, Any], path: Path) -> None:
+    """Latency over time for the paced and overloaded runs, and throughput per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lat, ax_fps) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for key, label in (
+        ("paced", f"paced {b['paced_fps']:.0f} fps"),
+        ("overload", f"paced {2 * b['paced_fps']:.0f} fps, drop-oldest"),
+        ("max", "as fast as possible"),
+    ):
+        series = np.asarray(b["runs"][key]["latency_series"])
+        if len(series):
+            ax_lat.plot(series[:, 0], series[:, 1], label=label, lw=1)
+    ax_lat.set_xlabel("capture time (s)")
+    ax_lat.set_ylabel("capture-to-sink latency (ms)")
+    ax_lat.set_yscale("log")
+    ax_lat.legend()
+    ax_lat.grid(alpha=0.3)
+    names = ["sequential\n(1 process)", "pipeline\n(processes)"]
+    values = [b["baseline_fps"], b["fps"]]
+    ax_fps.bar(names, values, color=["#999999", "#3b7dd8"])
+    for i, v in enumerate(values):
+        ax_fps.text(i, v, f"{v:.0f}", ha="center", va="bottom")
+    ax_fps.set_ylabel("frames/s")
+    ax_fps.set_title("throughput, as fast as possible")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
