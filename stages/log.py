@@ -53,6 +53,7 @@ class LogParams(Params):
     jsonl: str | None = Field(None, description="also append JSON Lines to this file inside the output directory")
     batch_rows: int = Field(200, ge=1, le=100_000, description="commit after this many rows")
     flush_s: float = Field(1.0, gt=0, le=3600, description="commit at least this often (seconds)")
+    busy_timeout_s: float = Field(5.0, ge=0, le=600, description="how long a write waits for a locked database")
 
 
 class Log(Stage):
@@ -68,7 +69,7 @@ class Log(Stage):
         out = Path(self.context.get("out", "."))
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / p.database
-        self._db = sqlite3.connect(self.path, timeout=5.0)
+        self._db = sqlite3.connect(self.path, timeout=p.busy_timeout_s)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers (reports) never block the writer
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -200,3 +200,23 @@ def test_missing_video_is_a_clear_error(tmp_path, model_dir):
     result = run_cli("run", "configs/local.yaml", "--source", str(tmp_path / "missing.mp4"), timeout=60)
     assert result.returncode != 0
     assert "no such file or folder" in result.stderr and "missing.mp4" in result.stderr
+
+
+def test_sigterm_stops_cleanly_and_the_sinks_keep_what_they_received(video, model_dir, tmp_path):
+    proc = start_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path))
+    lines: list[str] = []
+    try:
+        wait_for(proc, r"capture: started", lines)
+        time.sleep(6)  # about a third of the clip, paced in real time
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    output = "".join(lines) + rest
+    assert proc.returncode == 130, output[-3000:]
+    logged_in = int(re.search(r"^log\s+1\s+(\d+)", output, re.M).group(1))
+    rendered_in = int(re.search(r"^render\s+1\s+(\d+)", output, re.M).group(1))
+    assert 30 < logged_in < CLIP_FRAMES
+    with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == logged_in  # nothing received was lost
+    assert len(video_frames(tmp_path / "annotated.mp4")) == rendered_in  # a playable, finished file
