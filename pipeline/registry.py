@@ -19,6 +19,7 @@ BUILTIN: dict[str, str] = {
     "detect": "stages.detect:Detect",
     "segment": "stages.segment:Segment",
     "classify": "stages.classify:Classify",
+    "track": "stages.track:Track",
     "render": "stages.render:Render",
     "log": "stages.log:Log",
 }

@@ -22,7 +22,8 @@ from pipeline.stage import Params, Stage
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-PROB_COLUMNS = [f"p_{name}" for name in EMOTIONS]
+PROB_COLUMNS = [f"p_{name}" for name in EMOTIONS]  # the frame's own probabilities
+SMOOTH_COLUMNS = [f"s_{name}" for name in EMOTIONS]  # smoothed over the track (NULL without a track stage)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS detections (
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS detections (
     x INTEGER NOT NULL, y INTEGER NOT NULL, w INTEGER NOT NULL, h INTEGER NOT NULL,
     emotion TEXT,
     confidence REAL,
-    {", ".join(f"{c} REAL" for c in PROB_COLUMNS)}
+    emotion_raw TEXT,
+    {", ".join(f"{c} REAL" for c in PROB_COLUMNS + SMOOTH_COLUMNS)}
 );
 CREATE INDEX IF NOT EXISTS detections_stream_frame ON detections (stream, frame);
 CREATE TABLE IF NOT EXISTS frames (
@@ -90,21 +92,10 @@ class Log(Stage):
         for i, face in enumerate(msg.faces):
             x, y, w, h = face["box"]
             probs = face.get("probs") or [None] * len(EMOTIONS)
-            row = (
-                msg.stream,
-                msg.seq,
-                msg.ts,
-                i,
-                face.get("track"),
-                x,
-                y,
-                w,
-                h,
-                face.get("emotion"),
-                face.get("confidence"),
-                *probs,
-            )
-            self._detections.append(row)
+            smoothed = face.get("smoothed") or [None] * len(EMOTIONS)
+            raw = face.get("emotion_raw", face.get("emotion"))
+            row = (msg.stream, msg.seq, msg.ts, i, face.get("track"), x, y, w, h)  # fmt: skip
+            self._detections.append((*row, face.get("emotion"), face.get("confidence"), raw, *probs, *smoothed))
             if self._jsonl is not None:
                 record = {
                     "stream": msg.stream,
@@ -115,7 +106,9 @@ class Log(Stage):
                     "box": face["box"],
                     "emotion": face.get("emotion"),
                     "confidence": face.get("confidence"),
+                    "emotion_raw": raw,
                     "probs": dict(zip(EMOTIONS, face["probs"])) if face.get("probs") else None,
+                    "smoothed": dict(zip(EMOTIONS, face["smoothed"])) if face.get("smoothed") else None,
                 }
                 self._jsonl.write(json.dumps(record) + "\n")
         if len(self._detections) >= self.params.batch_rows or time.monotonic() - self._last_flush >= self.params.flush_s:
@@ -127,7 +120,7 @@ class Log(Stage):
         self._last_flush = time.monotonic()
         if not self._detections and not self._frames:
             return True
-        placeholders = ", ".join("?" * (11 + len(EMOTIONS)))
+        placeholders = ", ".join("?" * (12 + 2 * len(EMOTIONS)))
         try:
             with self._db:  # one transaction
                 self._db.executemany(f"INSERT INTO detections VALUES ({placeholders})", self._detections)

@@ -49,8 +49,9 @@ def draw_faces(image: np.ndarray, faces: list[dict], classes: list[str] | None, 
         ty = max(y - 6, th + 4)
         cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 2), colour, -1)
         cv2.putText(out, text, (x + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        if bars and classes and face.get("probs"):
-            for i, (name, p) in enumerate(zip(classes, face["probs"])):
+        probs = face.get("smoothed") or face.get("probs")
+        if bars and classes and probs:
+            for i, (name, p) in enumerate(zip(classes, probs)):
                 by = y + i * 12
                 cv2.rectangle(out, (x + w + 4, by), (x + w + 4 + int(60 * p), by + 9), COLOURS.get(name, colour), -1)
                 cv2.putText(out, name[:3], (x + w + 68, by + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)

@@ -59,6 +59,22 @@ def check_outputs(out: Path, video: Path, min_rows_share: float = 0.95) -> None:
     assert logged == list(range(CLIP_FRAMES)), "the log received frames out of order or lost some"
     assert with_faces >= min_rows_share * CLIP_FRAMES, f"rows for only {with_faces} of {CLIP_FRAMES} frames"
     assert emotions <= {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral", "uncertain"}
+    check_tracks(out / "emotions.sqlite")
+
+
+def label_changes(labels: list[str]) -> int:
+    return sum(a != b for a, b in zip(labels, labels[1:]))
+
+
+def check_tracks(db_path: Path) -> None:
+    """One person throughout: one dominant track id, and smoothed labels flicker far less than raw ones."""
+    with sqlite3.connect(db_path) as db:
+        tracks = db.execute("SELECT track, COUNT(*) FROM detections GROUP BY track ORDER BY 2 DESC").fetchall()
+        rows = sum(n for _, n in tracks)
+        assert tracks[0][1] >= 0.95 * rows, f"track ids {tracks}"
+        labels = db.execute("SELECT emotion, emotion_raw FROM detections WHERE track = ? ORDER BY frame", (tracks[0][0],))
+        smoothed, raw = zip(*labels.fetchall())
+    assert label_changes(list(smoothed)) <= label_changes(list(raw)) / 3, (label_changes(smoothed), label_changes(raw))
 
 
 def stage_pids(output: str) -> dict[str, int]:
@@ -69,8 +85,8 @@ def test_local_config_processes_the_whole_clip_in_separate_processes(video, mode
     result = run_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path), "--set", "capture.pacing=max")
     assert result.returncode == 0, result.stderr[-3000:]
     pids = stage_pids(result.stderr)
-    assert set(pids) == {"capture", "detect", "segment", "classify", "render", "log"}
-    assert len(set(pids.values())) == 6 and os.getpid() not in pids.values()
+    assert set(pids) == {"capture", "detect", "segment", "classify", "track", "render", "log"}
+    assert len(set(pids.values())) == 7 and os.getpid() not in pids.values()
     check_outputs(tmp_path, video)
     assert re.search(r"^capture\s+1\s+0\s+464\b", result.stdout, re.M), result.stdout
 
@@ -83,13 +99,12 @@ def test_scaled_config_keeps_every_frame_in_order(video, model_dir, tmp_path):
 
 
 def test_two_halves_connected_over_tcp(video, model_dir, tmp_path, free_ports):
-    base = free_ports(5)
-    endpoints = [
-        f"{name}.endpoint=tcp://127.0.0.1:{base + i}" for i, name in enumerate(["detect", "segment", "classify", "render", "log"])
-    ]
+    names = ["detect", "segment", "classify", "track", "render", "log"]
+    base = free_ports(len(names))
+    endpoints = [f"{name}.endpoint=tcp://127.0.0.1:{base + i}" for i, name in enumerate(names)]
     sets = [arg for e in endpoints for arg in ("--set", e)]
     compute = start_cli(
-        "run", "configs/distributed.yaml", "--stages", "segment,classify,render,log", "--out", str(tmp_path), *sets
+        "run", "configs/distributed.yaml", "--stages", "segment,classify,track,render,log", "--out", str(tmp_path), *sets
     )
     camera = start_cli(
         "run",
@@ -113,7 +128,7 @@ def test_two_halves_connected_over_tcp(video, model_dir, tmp_path, free_ports):
     assert camera.returncode == 0, camera_out[-3000:]
     assert compute.returncode == 0, compute_out[-3000:]
     assert set(stage_pids(camera_out)) == {"capture", "detect"}
-    assert set(stage_pids(compute_out)) == {"segment", "classify", "render", "log"}
+    assert set(stage_pids(compute_out)) == {"segment", "classify", "track", "render", "log"}
     check_outputs(tmp_path, video)
 
 

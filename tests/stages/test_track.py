@@ -1,0 +1,61 @@
+import numpy as np
+
+from pipeline.faces import EMOTIONS
+from pipeline.message import Message
+from stages.track import Track, Tracker, TrackParams, iou
+
+
+def test_iou():
+    assert iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1.0
+    assert iou([0, 0, 10, 10], [5, 0, 10, 10]) == 50 / 150
+    assert iou([0, 0, 10, 10], [20, 20, 5, 5]) == 0.0
+
+
+def test_ids_follow_moving_faces_and_survive_short_gaps():
+    tracker = Tracker(iou_threshold=0.3, max_gap=3)
+    a = [t.id for t in tracker.update(0, [[0, 0, 50, 50], [200, 0, 50, 50]])]
+    b = [t.id for t in tracker.update(1, [[205, 2, 50, 50], [4, 3, 50, 50]])]  # listed in the other order
+    assert b == [a[1], a[0]]
+    tracker.update(2, [])  # the detector misses both for two frames
+    tracker.update(3, [])
+    assert [t.id for t in tracker.update(4, [[6, 4, 50, 50]])] == [a[0]]
+    for seq in range(5, 10):  # face 1 gone longer than max_gap
+        tracker.update(seq, [[6, 4, 50, 50]])
+    new = tracker.update(10, [[6, 4, 50, 50], [205, 2, 50, 50]])
+    assert new[0].id == a[0] and new[1].id not in a
+
+
+def flickering(seq: int) -> Message:
+    """One mostly happy face whose frame-by-frame probabilities are noisy enough to flip to neutral."""
+    noise = np.random.default_rng(seq).normal(0, 0.08, 2)
+    probs = np.full(len(EMOTIONS), 0.02)
+    probs[EMOTIONS.index("happy")] = 0.48 + noise[0]
+    probs[EMOTIONS.index("neutral")] = 0.42 + noise[1]
+    label = EMOTIONS[int(probs.argmax())]
+    face = {"box": [10, 10, 40, 40], "probs": probs.tolist(), "emotion": label, "confidence": float(probs.max())}
+    return Message(seq=seq, faces=[face], meta={"classes": list(EMOTIONS)})
+
+
+def run_track(params: TrackParams, n: int = 40) -> list[dict]:
+    stage = Track(params, name="track")
+    stage.on_start()
+    return [stage.process(flickering(seq)).faces[0] for seq in range(n)]
+
+
+def changes(labels: list[str]) -> int:
+    return sum(a != b for a, b in zip(labels, labels[1:]))
+
+
+def test_smoothing_stops_the_flicker_and_keeps_raw_values():
+    for params in (TrackParams(smoothing="ema", alpha=0.25), TrackParams(smoothing="window", window=6)):
+        faces = run_track(params)
+        raw = [f["emotion_raw"] for f in faces]
+        smoothed = [f["emotion"] for f in faces]
+        assert changes(raw) >= 10 and changes(smoothed) <= changes(raw) / 3, (changes(raw), changes(smoothed))
+        assert {f["track"] for f in faces} == {1}
+        assert all(len(f["smoothed"]) == len(EMOTIONS) and len(f["probs"]) == len(EMOTIONS) for f in faces)
+
+
+def test_smoothing_off_only_tracks():
+    faces = run_track(TrackParams(smoothing="off"), n=5)
+    assert all("smoothed" not in f and f["track"] == 1 for f in faces)
