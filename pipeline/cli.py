@@ -222,6 +222,21 @@ def evaluate(data, model, detect, as_json):
 
 
 @main.command()
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="an emotion log (OUT/emotions.sqlite)")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for index.html")
+@click.option("--bin", "bin_s", default=1.0, show_default=True, type=click.FloatRange(0.01), help="seconds per time bin")
+def report(db, out_dir, bin_s):
+    """Write an HTML report with plots and CSV exports from an emotion log (also while it is written)."""
+    from pipeline.report import write_report
+
+    try:
+        path = write_report(db, out_dir, bin_s)
+    except PipelineError as exc:
+        _fail(exc)
+    click.echo(path)
+
+
+@main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--source", required=True, type=click.Path(exists=True), help="a video file")
 @click.option("--fps", "paced_fps", type=float, help="pace the paced runs at this rate (default: the file's fps)")
