@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,8 @@ from pydantic import Field
 from pipeline.errors import PipelineError
 from pipeline.message import Message
 from pipeline.stage import Params, Stage
+
+log = logging.getLogger(__name__)
 
 # BGR colours per emotion, chosen to read well on video.
 COLOURS = {
@@ -32,6 +35,8 @@ class RenderParams(Params):
     filename: str = Field("annotated.mp4", description="video file name inside the output directory")
     fourcc: str = Field("mp4v", min_length=4, max_length=4, description="OpenCV codec code of the video file")
     bars: bool = Field(True, description="draw a small bar chart of the class probabilities beside each face")
+    http_port: int | None = Field(None, ge=0, le=65535, description="serve a live view (MJPEG + dashboard) on this port")
+    http_host: str = Field("127.0.0.1", description="address the live view binds; 0.0.0.0 to reach it from other machines")
 
 
 def draw_faces(image: np.ndarray, faces: list[dict], classes: list[str] | None, bars: bool = True) -> np.ndarray:
@@ -73,12 +78,25 @@ class Render(Stage):
         if p.output == "window" and not os.environ.get("DISPLAY"):
             raise PipelineError("render.output=window needs a display (DISPLAY is not set); use file or none")
         self.path = Path(self.context.get("out", ".")) / p.filename
+        self.live = None
+        if p.http_port is not None:
+            from stages.live import LiveServer
+
+            try:
+                self.live = LiveServer(p.http_host, p.http_port)
+            except OSError as exc:
+                raise PipelineError(f"render.http_port: cannot serve on {p.http_host}:{p.http_port}: {exc}") from exc
+            log.info("%s: live view on http://%s:%d/", self.name, *self.live.address)
 
     def process(self, msg: Message) -> None:
         p: RenderParams = self.params
-        if p.output == "none":
+        if p.output == "none" and self.live is None:
             return None
         frame = draw_faces(msg.image, msg.faces, msg.meta.get("classes"), p.bars)
+        if self.live is not None:
+            self.live.state.publish(frame, msg)
+        if p.output == "none":
+            return None
         if p.output == "window":
             cv2.imshow(self.name, frame)
             cv2.waitKey(1)
@@ -96,6 +114,8 @@ class Render(Stage):
         return None
 
     def on_stop(self) -> None:
-        if self._writer is not None:
+        if getattr(self, "live", None) is not None:
+            self.live.close()
+        if getattr(self, "_writer", None) is not None:
             self._writer.release()  # finishes the file: a stopped run leaves a playable video
             self._writer = None

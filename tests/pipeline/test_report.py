@@ -34,7 +34,8 @@ def test_report_has_plots_csv_and_figures(tmp_path):
     with open(tmp_path / "report" / "tracks.csv") as f:
         tracks = {(r["stream"], r["track"]): r for r in csv.DictReader(f)}
     assert set(tracks) == {("a", "1"), ("a", "2"), ("b", "7")}
-    assert tracks[("a", "1")]["dominant"] == "happy" and float(tracks[("a", "1")]["share_sad"]) == pytest.approx(20 / 60, abs=1e-4)
+    assert tracks[("a", "1")]["dominant"] == "happy"
+    assert float(tracks[("a", "1")]["share_sad"]) == pytest.approx(20 / 60, abs=1e-4)
     with open(tmp_path / "report" / "detections.csv") as f:
         assert sum(1 for _ in f) == 1 + 3 * 60
     # 40 happy of 180 positive; 20 sad + 60 angry negative; 60 neutral.

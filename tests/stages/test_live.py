@@ -1,0 +1,66 @@
+"""The live view in a real browser (Debian's chromium driven by Playwright), fed by a real pipeline."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import PYTHON, ROOT, free_port
+from tests.test_integration import wait_for
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"],
+        )  # fmt: skip
+        yield browser
+        browser.close()
+
+
+def test_dashboard_shows_frames_arriving_and_the_chart_updating(video, model_dir, tmp_path, browser):
+    port = free_port()
+    proc = subprocess.Popen(
+        [PYTHON, "run_pipeline.py", "run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path),
+         "--set", f"render.http_port={port}", "--set", "render.output=none", "--set", "capture.loop=true"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    try:
+        wait_for(proc, re.escape(f"live view on http://127.0.0.1:{port}/"), lines)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_function("document.getElementById('video').naturalWidth > 0", timeout=60_000)
+        page.wait_for_function("Number(document.getElementById('bars').dataset.frame) > 0", timeout=60_000)
+        first = int(page.get_attribute("#bars", "data-frame"))
+        updates = int(page.get_attribute("#bars", "data-updates"))
+        time.sleep(2)
+        assert int(page.get_attribute("#bars", "data-frame")) > first  # frames keep arriving
+        assert int(page.get_attribute("#bars", "data-updates")) > updates  # the chart refreshes
+        assert page.locator("#bars div").count() >= 1  # at least one emotion bar
+        assert "capture" in page.inner_text("#fps")
+        assert errors == []
+        page.screenshot(path=str(tmp_path / "dashboard.png"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream.mjpg", timeout=10) as stream:
+            assert stream.headers["Content-Type"].startswith("multipart/x-mixed-replace")
+            assert stream.read(4096).count(b"\xff\xd8") >= 1  # a JPEG start marker
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
