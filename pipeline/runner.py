@@ -197,6 +197,7 @@ def run_worker(
             "worker": worker,
             "label": label,
             "stream": topology.stream_id(name) if stage_cls.is_source else None,
+            "streams": sorted(topology.streams[name]),
         },
     )
     outputs: list[Output] = []

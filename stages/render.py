@@ -73,11 +73,10 @@ class Render(Stage):
 
     def on_start(self) -> None:
         p: RenderParams = self.params
-        self._writer = None
+        self._writers: dict[str, cv2.VideoWriter] = {}
         self.frames = 0
         if p.output == "window" and not os.environ.get("DISPLAY"):
             raise PipelineError("render.output=window needs a display (DISPLAY is not set); use file or none")
-        self.path = Path(self.context.get("out", ".")) / p.filename
         self.live = None
         if p.http_port is not None:
             from stages.live import LiveServer
@@ -88,6 +87,13 @@ class Render(Stage):
                 raise PipelineError(f"render.http_port: cannot serve on {p.http_host}:{p.http_port}: {exc}") from exc
             log.info("%s: live view on http://%s:%d/", self.name, *self.live.address)
 
+    def video_path(self, stream: str) -> Path:
+        """``OUT/annotated.mp4``, or ``OUT/annotated-<stream>.mp4`` when several streams meet here."""
+        path = Path(self.context.get("out", ".")) / self.params.filename
+        if len(self.context.get("streams") or []) > 1:
+            path = path.with_name(f"{path.stem}-{stream}{path.suffix}")
+        return path
+
     def process(self, msg: Message) -> None:
         p: RenderParams = self.params
         if p.output == "none" and self.live is None:
@@ -95,27 +101,28 @@ class Render(Stage):
         frame = draw_faces(msg.image, msg.faces, msg.meta.get("classes"), p.bars)
         if self.live is not None:
             self.live.state.publish(frame, msg)
-        if p.output == "none":
-            return None
         if p.output == "window":
-            cv2.imshow(self.name, frame)
+            cv2.imshow(f"{self.name} {msg.stream}", frame)
             cv2.waitKey(1)
-            return None
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            height, width = frame.shape[:2]
-            self._writer = cv2.VideoWriter(
-                str(self.path), cv2.VideoWriter_fourcc(*p.fourcc), float(msg.meta.get("fps", 30.0)), (width, height)
-            )
-            if not self._writer.isOpened():
-                raise PipelineError(f"{self.path}: cannot open a {p.fourcc} video writer")
-        self._writer.write(frame)
-        self.frames += 1
+        elif p.output == "file":
+            self._writer(msg.stream, frame, float(msg.meta.get("fps", 30.0))).write(frame)
+            self.frames += 1
         return None
+
+    def _writer(self, stream: str, frame: np.ndarray, fps: float) -> cv2.VideoWriter:
+        if stream not in self._writers:
+            path = self.video_path(stream)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            height, width = frame.shape[:2]
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.params.fourcc), fps, (width, height))
+            if not writer.isOpened():
+                raise PipelineError(f"{path}: cannot open a {self.params.fourcc} video writer")
+            self._writers[stream] = writer
+        return self._writers[stream]
 
     def on_stop(self) -> None:
         if getattr(self, "live", None) is not None:
             self.live.close()
-        if getattr(self, "_writer", None) is not None:
-            self._writer.release()  # finishes the file: a stopped run leaves a playable video
-            self._writer = None
+        for writer in getattr(self, "_writers", {}).values():
+            writer.release()  # finishes the file: a stopped run leaves a playable video
+        self._writers = {}

@@ -235,3 +235,21 @@ def test_sigterm_stops_cleanly_and_the_sinks_keep_what_they_received(video, mode
     with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == logged_in  # nothing received was lost
     assert len(video_frames(tmp_path / "annotated.mp4")) == rendered_in  # a playable, finished file
+
+
+def test_two_sources_in_one_pipeline_are_kept_apart(video, model_dir, tmp_path):
+    frames = 60
+    result = run_cli(
+        "run", "configs/two_streams.yaml", "--out", str(tmp_path),
+        "--set", f"door.source={video}", "--set", f"desk.source={video}",
+        "--set", "door.pacing=max", "--set", "desk.pacing=max",
+        "--set", f"door.max_frames={frames}", "--set", f"desk.max_frames={frames}", "--set", "desk.skip=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
+        per_stream = dict(db.execute("SELECT stream, COUNT(*) FROM frames GROUP BY stream").fetchall())
+        tracks = db.execute("SELECT stream, COUNT(DISTINCT track) FROM detections GROUP BY stream").fetchall()
+    assert per_stream == {"door": frames, "desk": frames}
+    assert len(tracks) == 2
+    for stream in ("door", "desk"):
+        assert len(video_frames(tmp_path / f"annotated-{stream}.mp4")) == frames
