@@ -40,7 +40,7 @@ def error_of(tmp_path, stages, **kw) -> str:
 def test_shipped_configs_are_valid(path, model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # configs name models/default relative to the project
     topology = load_topology(path, tmp_path)
-    assert topology.order[0] == "capture"
+    assert topology.classes[topology.order[0]].is_source
 
 
 def test_k_zero_names_the_yaml_path_and_the_bound(tmp_path, model_dir):
