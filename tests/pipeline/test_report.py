@@ -57,3 +57,17 @@ def test_report_reads_while_the_pipeline_is_writing(tmp_path):
 def test_missing_database_is_a_clear_error(tmp_path):
     with pytest.raises(PipelineError, match="no such database"):
         write_report(tmp_path / "nope.sqlite", tmp_path / "report")
+
+
+def test_report_opens_in_chromium_without_console_errors(tmp_path, browser):
+    write_log(tmp_path).on_stop()
+    index = write_report(tmp_path / "emotions.sqlite", tmp_path / "report")
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(index.as_uri())
+    page.wait_for_load_state("load")
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == 3 and all(w > 0 for w in widths)  # every plot loaded
+    assert errors == []
