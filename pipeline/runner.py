@@ -132,7 +132,8 @@ class Input:
                 log.error("%s: dropped malformed message: %s", self.name, exc)
                 self.errors.append(str(exc))
                 continue
-            msg.meta["_received"] = time.time()
+            if not msg.is_eos:
+                msg.meta["_received"] = time.time()  # for the queue-wait figure
             self.pending.append(msg)
             if self.leaky:
                 self._drop_oldest()

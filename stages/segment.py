@@ -12,7 +12,6 @@ from pipeline.stage import Params, Stage
 class SegmentParams(Params):
     k: int = Field(4, ge=2, le=16, description="number of K-means regions per face")
     spatial_weight: float = Field(0.35, ge=0.0, le=5.0, description="weight of pixel position against intensity")
-    seed: int = Field(0, ge=0, description="K-means seed (must match training for models that use segmentation)")
 
 
 class Segment(Stage):
@@ -32,6 +31,6 @@ class Segment(Stage):
         p: SegmentParams = self.params
         gray = to_gray(msg.image)
         for face in msg.faces:
-            face["seg"] = segment_face(crop_face(gray, face["box"]), p.k, p.spatial_weight, p.seed)
+            face["seg"] = segment_face(crop_face(gray, face["box"]), p.k, p.spatial_weight)
             face["k"] = p.k
         return msg

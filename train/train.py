@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.faces import EMOTIONS, FACE_SIZE, model_input
+from pipeline.faces import EMOTIONS, FACE_SIZE, SEGMENTATION_VERSION, model_input
 from pipeline.model import METADATA_NAME, TFLITE_NAME, EmotionModel
 from train import report
 from train.data import FaceSet, load_splits, segmentation_channels
@@ -55,7 +55,7 @@ class TrainConfig:
 def _channels(faces: FaceSet, cfg: TrainConfig, name: str) -> np.ndarray:
     if not cfg.segmentation:
         return model_input(faces.images)
-    cache = CACHE_DIR / f"seg-k{cfg.segmentation_k}-{name}-{faces.fingerprint()}.npy"
+    cache = CACHE_DIR / f"seg-v{SEGMENTATION_VERSION}-k{cfg.segmentation_k}-{name}-{faces.fingerprint()}.npy"
     t0 = time.time()
     seg = segmentation_channels(faces.images, cfg.segmentation_k, cache)
     log.info("segmentation channel for %s: %d faces in %.1fs (cache %s)", name, len(faces), time.time() - t0, cache)
@@ -189,6 +189,7 @@ def finalize(cfg: TrainConfig, splits: tuple[FaceSet, FaceSet, FaceSet | None] |
             "enabled": cfg.segmentation,
             "k": cfg.segmentation_k if cfg.segmentation else 0,
             "function": "pipeline.faces.segment_face",
+            "version": SEGMENTATION_VERSION if cfg.segmentation else None,
         },
         "parameters": int(best.count_params()),
         "tflite_bytes": tflite_bytes,
@@ -225,7 +226,9 @@ def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256) -> dic
     seg = None
     if info.segmentation:
         seg = segmentation_channels(
-            faces.images, info.segmentation_k, CACHE_DIR / f"seg-k{info.segmentation_k}-eval-{faces.fingerprint()}.npy"
+            faces.images,
+            info.segmentation_k,
+            CACHE_DIR / f"seg-v{SEGMENTATION_VERSION}-k{info.segmentation_k}-eval-{faces.fingerprint()}.npy",
         )
     x = model_input(faces.images, seg)
     probs = np.concatenate([model.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
