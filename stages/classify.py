@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.errors import ModelError
-from pipeline.faces import crop_face, model_input, segmentation_channel, to_gray
+from pipeline.faces import SEGMENTATION_VERSION, crop_face, model_input, segmentation_channel, to_gray
 from pipeline.message import Message
 from pipeline.model import METADATA_NAME, EmotionModel, ModelInfo, resolve_model_path
 from pipeline.stage import Params, Stage
@@ -46,6 +46,12 @@ class Classify(Stage):
     def on_start(self) -> None:
         self.model = EmotionModel(self.params.model, threads=self.params.threads)
         self.info = self.model.info
+        trained_with = self.info.raw.get("segmentation", {}).get("version")
+        if self.info.segmentation and trained_with != SEGMENTATION_VERSION:
+            raise ModelError(
+                f"{self.model.path}: trained on segmentation version {trained_with}, this code makes version "
+                f"{SEGMENTATION_VERSION}; retrain it with `run_pipeline.py train --segmentation on`"
+            )
 
     def process(self, msg: Message) -> Message:
         if not msg.faces:
