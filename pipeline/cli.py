@@ -166,9 +166,10 @@ def list_stages():
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--limit", type=click.IntRange(1), help="use at most N training images per class (quick runs)")
 @click.option("--seed", default=1234, show_default=True, type=int)
+@click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="TensorFlow threads (0: all cores)")
 @click.option("--resume", is_flag=True, help="continue the unfinished run in --out from its last epoch")
 @click.option("--export-only", is_flag=True, help="only export and evaluate the finished run in --out")
-def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, resume, export_only):
+def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads, resume, export_only):
     """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
     from train.train import TrainConfig, finalize, run_training
 
@@ -180,6 +181,7 @@ def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, resume, 
         batch_size=batch_size,
         limit=limit,
         seed=seed,
+        threads=threads,
         segmentation=segmentation == "on",
         resume=resume,
     )

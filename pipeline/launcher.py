@@ -179,7 +179,7 @@ class Launcher:
                 self.on_event(event)
 
     def _stop_all(self, workers: list[Worker]) -> None:
-        running = [w for w in workers if self.exit_code(w) is None]
+        running = [w for w in workers if w.handle is not None and self.exit_code(w) is None]
         for w in running:
             self.terminate(w)
         deadline = time.monotonic() + STOP_TIMEOUT_S

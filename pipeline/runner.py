@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from pipeline.config import InputConfig, Topology
 from pipeline.errors import MessageError, PipelineError
@@ -56,6 +57,10 @@ class Output:
         self._poller = zmq.Poller()
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLOUT)
+        # Connection events tell when a consumer worker has hung up (see ``wait_for_consumers``).
+        self._monitors = [sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+                          for sock in self.sockets]  # fmt: skip
+        self._connected = [False] * len(self.sockets)
 
     def send(self, frames: list) -> bool:
         """Send to the next worker with room. Returns False if the frame was dropped."""
@@ -88,10 +93,29 @@ class Output:
                         break
                     sock.poll(POLL_MS, zmq.POLLOUT)
 
-    def close(self, linger_s: float = 0.0) -> None:
-        """Close; with ``linger_s`` > 0, first let queued messages (the last frames, end-of-stream) go out."""
-        for sock in self.sockets:
-            sock.close(linger=int(linger_s * 1000))
+    def wait_for_consumers(self, timeout_s: float) -> None:
+        """Wait until every consumer worker that was connected has hung up.
+
+        A consumer exits only after it has received end-of-stream, which travels behind the
+        last frame, so once it hangs up nothing sent to it is still queued here. Closing
+        earlier, even with ZMQ_LINGER, lost the last frames to a busy worker now and then.
+        """
+        deadline = time.monotonic() + timeout_s
+        while any(self._update_connections()) and time.monotonic() < deadline and not self.stop.is_set():
+            zmq.select(self._monitors, [], [], POLL_MS / 1000)
+
+    def _update_connections(self) -> list[bool]:
+        for i, monitor in enumerate(self._monitors):
+            while monitor.poll(0):
+                event = recv_monitor_message(monitor)["event"]
+                self._connected[i] = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        return self._connected
+
+    def close(self) -> None:
+        for sock, monitor in zip(self.sockets, self._monitors):
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
 
 
 class Input:
@@ -229,7 +253,9 @@ def run_worker(
         _resources(metrics)
         control.emit("done", stats=metrics.snapshot())
         for out in outputs:
-            out.close(linger_s=EOS_SEND_TIMEOUT_S if finished and not stop.is_set() else 0.0)
+            if finished:
+                out.wait_for_consumers(EOS_SEND_TIMEOUT_S)
+            out.close()
         if inp is not None:
             inp.close()
         control.close()

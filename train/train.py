@@ -49,6 +49,7 @@ class TrainConfig:
     segmentation_k: int = 4
     seed: int = 1234
     limit: int | None = None  # use only the first N training images per class (quick runs, tests)
+    threads: int = 0  # TensorFlow threads per op; 0 = all cores. Two runs side by side do best with 1 each.
     resume: bool = False
 
 
@@ -83,6 +84,9 @@ def run_training(cfg: TrainConfig) -> dict:
 
     from train.model import build_augmenter, build_model, photometric
 
+    if cfg.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
     out = Path(cfg.out)
     backup = out / "checkpoint"
     if backup.exists() and not cfg.resume:
@@ -194,7 +198,7 @@ def finalize(cfg: TrainConfig, splits: tuple[FaceSet, FaceSet, FaceSet | None] |
         "parameters": int(best.count_params()),
         "tflite_bytes": tflite_bytes,
         "training": {
-            "config": {k: v for k, v in cfg.__dict__.items() if k not in ("out", "resume")},
+            "config": {k: v for k, v in cfg.__dict__.items() if k not in ("out", "resume", "threads")},
             "data_fingerprint": train_set.fingerprint(),
             "train_images": len(train_set),
             "validation_images": len(val_set),
