@@ -202,15 +202,16 @@ def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads,
 )
 @click.option("--model", help="model directory or .tflite (default: the shipped model)")
 @click.option("--detect", is_flag=True, help="find the largest face with Haar first (uncropped photos)")
+@click.option("--prefix", help="only files whose name starts with this (e.g. PrivateTest_ in FER2013's test/)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def evaluate(data, model, detect, as_json):
+def evaluate(data, model, detect, prefix, as_json):
     """Score a model on labelled images."""
     from train.evaluate import evaluate_folder
     from train.report import format_report
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     try:
-        result = evaluate_folder(data, model, detect)
+        result = evaluate_folder(data, model, detect, prefix)
     except PipelineError as exc:
         _fail(exc)
     if as_json:

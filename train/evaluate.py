@@ -20,8 +20,10 @@ from train.train import evaluate_faces
 log = logging.getLogger(__name__)
 
 
-def evaluate_folder(data: str | Path, model: str | Path | None = None, detect: bool = False) -> dict[str, Any]:
-    """Score ``model`` on every image of ``data``.
+def evaluate_folder(
+    data: str | Path, model: str | Path | None = None, detect: bool = False, prefix: str | None = None
+) -> dict[str, Any]:
+    """Score ``model`` on every image of ``data`` (only files named ``prefix*`` if given).
 
     Without ``detect`` each image is taken as an already-cropped face (FER2013 style). With
     ``detect`` the Haar detector finds the largest face first; an image with no face found
@@ -29,13 +31,13 @@ def evaluate_folder(data: str | Path, model: str | Path | None = None, detect: b
     """
     emotion_model = EmotionModel(model)
     if not detect:
-        faces = load_image_folder(data)
+        faces = load_image_folder(data, prefix)
         result = evaluate_faces(emotion_model, faces)
         result.update(skipped=faces.skipped, no_face=[])
         return result
     classifier = load_cascade("haarcascade_frontalface_default.xml")
     labels, preds, no_face, skipped = [], [], [], []
-    for path, label in list_image_folder(data):
+    for path, label in list_image_folder(data, prefix):
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if image is None:
             log.warning("skipping unreadable image %s", path)

@@ -73,6 +73,15 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     assert 0.0 <= scores["accuracy"] <= 1.0 and len(scores["confusion"]) == 7
     assert set(scores) >= {"accuracy", "macro_f1", "n", "per_class", "confusion"}
 
+    # Only the held-out split of FER2013's test/ folder (6 PrivateTest images per class).
+    result = subprocess.run(
+        [PYTHON, "run_pipeline.py", "evaluate", "--model", str(out), "--data", str(small_fer / "test"), "--prefix",
+         "PrivateTest_", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == 42
+
 
 def test_interrupted_training_resumes_from_its_last_epoch(small_fer, tmp_path):
     out = tmp_path / "model"
