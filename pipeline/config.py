@@ -128,6 +128,26 @@ class Topology:
                 result[name] = frozenset().union(*(result[link.source] for link in stage.inputs))
         return result
 
+    @cached_property
+    def out_of_order(self) -> dict[str, bool]:
+        """Stage name -> whether frames can reach it out of capture order.
+
+        A chain of single workers keeps order, since each link is FIFO. Order is lost by a
+        stage with several workers, or a stream reaching a stage by two paths, and restored
+        by a stage with ``ordered_input`` (its reorder buffer).
+        """
+        result: dict[str, bool] = {}
+        for name in self.order:
+            inputs = self.stages[name].inputs
+            paths = [self.streams[link.source] for link in inputs]
+            two_paths = sum(len(p) for p in paths) > len(frozenset().union(*paths))
+            result[name] = two_paths or any(self._unordered_output(link.source, result) for link in inputs)
+        return result
+
+    def _unordered_output(self, name: str, out_of_order: dict[str, bool]) -> bool:
+        reorders = self.classes[name].ordered_input
+        return self.stages[name].workers > 1 or (out_of_order[name] and not reorders)
+
     def stream_id(self, source_name: str) -> str:
         """The stream id a source stage stamps on its messages (its ``stream`` param or its name)."""
         return str(getattr(self.params[source_name], "stream", None) or source_name)

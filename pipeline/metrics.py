@@ -26,7 +26,8 @@ class StageMetrics:
     late: int = 0  # frames that arrived after the reorder buffer had moved past them
     errors: int = 0  # malformed messages and exceptions in process()
     busy_s: float = 0.0  # time spent in process(), for CPU share and ideal throughput
-    cpu_s: float = 0.0
+    cpu_s: float = 0.0  # the whole process: stage, transport, library threads
+    cpu_at_first_frame_s: float | None = None  # cpu_s when the first frame came: start-up cost excluded
     rss_mib: float = 0.0
     first_ts: float | None = None  # when the first frame left this stage (sinks: was written)
     process_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))
@@ -47,6 +48,7 @@ class StageMetrics:
             "errors": self.errors,
             "busy_s": round(self.busy_s, 4),
             "cpu_s": round(self.cpu_s, 3),
+            "cpu_steady_s": round(self.cpu_s - (self.cpu_at_first_frame_s or self.cpu_s), 3),
             "rss_mib": round(self.rss_mib, 1),
             "first_ts": self.first_ts,
             "process_ms": list(self.process_ms),
@@ -72,6 +74,7 @@ def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "errors": 0,
                 "busy_s": 0.0,
                 "cpu_s": 0.0,
+                "cpu_steady_s": 0.0,
                 "rss_mib": 0.0,
                 "first_ts": None,
                 "process_ms": [],
@@ -81,7 +84,7 @@ def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             },
         )
         row["workers"] += 1
-        for key in ("frames_in", "frames_out", "dropped", "late", "errors", "busy_s", "cpu_s"):
+        for key in ("frames_in", "frames_out", "dropped", "late", "errors", "busy_s", "cpu_s", "cpu_steady_s"):
             row[key] += snap[key]
         row["rss_mib"] = max(row["rss_mib"], snap["rss_mib"])
         if snap.get("first_ts") is not None:
@@ -90,7 +93,9 @@ def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             row[key] = row[key] + snap.get(key, [])
     for row in rows.values():
         cpu = row.pop("cpu_ms")
-        row["cpu_ms_per_frame"] = float(np.mean(cpu)) if cpu else None
+        row["work_ms_per_frame"] = float(np.mean(cpu)) if cpu else None
+        frames = max(row["frames_in"], row["frames_out"])
+        row["cpu_ms_per_frame"] = 1000 * row["cpu_steady_s"] / frames if frames else None
         for key in ("process_ms", "wait_ms", "latency_ms"):
             values = row.pop(key)
             row[f"{key[:-3]}_p50_ms"] = percentile(values, 50)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 POLL_MS = 100
 STATS_EVERY_S = 1.0
 EOS_SEND_TIMEOUT_S = 60.0  # long enough for a crashed consumer worker to be restarted
+WAIT_LOG_EVERY_S = 5.0
 
 
 class Output:
@@ -92,6 +93,20 @@ class Output:
                         log.error("end-of-stream not delivered to %s", sock.getsockopt_string(zmq.LAST_ENDPOINT))
                         break
                     sock.poll(POLL_MS, zmq.POLLOUT)
+
+    def wait_until_connected(self, label: str) -> None:
+        """Block until every consumer worker has connected (or ``stop``), logging while it waits.
+
+        Consumers bind only once they are ready (see ``run_worker``), so this is how readiness
+        travels upstream: a source sends its first frame when the whole graph can take it.
+        """
+        next_log = time.monotonic() + WAIT_LOG_EVERY_S
+        while not all(self._update_connections()) and not self.stop.is_set():
+            zmq.select(self._monitors, [], [], POLL_MS / 1000)
+            if time.monotonic() > next_log:
+                next_log += WAIT_LOG_EVERY_S
+                missing = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s, ok in zip(self.sockets, self._connected) if not ok]
+                log.info("%s: waiting for consumers at %s", label, ", ".join(missing))
 
     def wait_for_consumers(self, timeout_s: float) -> None:
         """Wait until every consumer worker that was connected has hung up.
@@ -231,14 +246,18 @@ def run_worker(
     try:
         for consumer, link in topology.consumers(name):
             outputs.append(Output(ctx, topology.endpoints(consumer.name), link, stop))
-        if not stage_cls.is_source:
-            inp = Input(ctx, topology.bind_endpoints(name)[worker], topology.stages[name].inputs, metrics, label)
         try:
             stage.on_start()
         except PipelineError as exc:  # bad source, model, file: restarting will not help
             log.error("%s: %s", label, exc)
             control.emit("fatal", error=str(exc))
             return 2
+        # Ready once started and every consumer is ready; only then bind the input, so that
+        # upstream (and in the end the source) waits instead of queueing frames during start-up.
+        for out in outputs:
+            out.wait_until_connected(label)
+        if not stage_cls.is_source:
+            inp = Input(ctx, topology.bind_endpoints(name)[worker], topology.stages[name].inputs, metrics, label)
         control.emit("started")
         log.info("%s: started in process %d", label, os.getpid())
         loop = _Loop(topology, name, label, stage, inp, outputs, metrics, control, stop, in_process)
@@ -262,14 +281,18 @@ def run_worker(
         ctx.term()
 
 
-def _resources(metrics: StageMetrics) -> None:
+def _process_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    metrics.cpu_s = usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime
+
+
+def _resources(metrics: StageMetrics) -> None:
+    metrics.cpu_s = _process_cpu_s()
     try:
         with open("/proc/self/statm") as f:
             metrics.rss_mib = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
-        metrics.rss_mib = usage.ru_maxrss / 1024
+        metrics.rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _Loop:
@@ -283,7 +306,7 @@ class _Loop:
         self.streams = topology.streams[name]
         self.needs_image = "image" in type(stage).requirements(stage.params)
         self.reorder = None
-        if type(stage).ordered_input:
+        if type(stage).ordered_input and topology.out_of_order[name]:
             # Links that block lose no frame (but for a crash): a gap is worth waiting for.
             leaky = any(link.policy == "drop-oldest" for link in topology.stages[name].inputs)
             self.reorder = ReorderBuffer(capacity=128, max_wait_s=0.25 if leaky else 10.0)
@@ -300,6 +323,7 @@ class _Loop:
     def _run_source(self) -> None:
         stream = self.stage.context["stream"]
         count = 0
+        self.metrics.cpu_at_first_frame_s = _process_cpu_s()
         t0, c0 = time.perf_counter(), time.thread_time()
         for msg in self.stage.generate():
             busy = time.perf_counter() - t0
@@ -346,6 +370,8 @@ class _Loop:
             log.error("%s: dropped malformed message: %s", self.label, problem)
             self.control.emit("error", error=f"malformed message: {problem}")
             return
+        if self.metrics.frames_in == 0:
+            self.metrics.cpu_at_first_frame_s = _process_cpu_s()
         self.metrics.frames_in += 1
         received = msg.meta.pop("_received", time.time())
         upstream = max(msg.stamps.values(), default=msg.ts)

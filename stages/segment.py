@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline.faces import crop_face, segment_face, to_gray
+from pipeline.faces import crop_face, kmeans_in_one_thread, segment_face, to_gray
 from pipeline.message import Message
 from pipeline.stage import Params, Stage
 
@@ -22,10 +22,7 @@ class Segment(Stage):
     provides = frozenset({"seg"})
 
     def on_start(self) -> None:
-        from threadpoolctl import threadpool_limits
-
-        # K-means on 2,304 pixels is too small to gain from OpenMP threads; they only fight other stages.
-        self._limits = threadpool_limits(1)
+        self._limits = kmeans_in_one_thread()
 
     def process(self, msg: Message) -> Message:
         p: SegmentParams = self.params

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.faces import EMOTIONS, FACE_SIZE, segment_face, segmentation_channel
+from pipeline.faces import EMOTIONS, FACE_SIZE, kmeans_in_one_thread, segment_face, segmentation_channel
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,7 @@ def segmentation_channels(images: np.ndarray, k: int, cache: Path | None = None)
         cached = np.load(cache)
         if cached.shape == images.shape:
             return cached
-    from threadpoolctl import threadpool_limits
-
-    # One thread: OpenMP on 2,304 pixels only spins against other work (70 ms a face instead of 4 ms).
-    with threadpool_limits(1):
+    with kmeans_in_one_thread():
         out = np.stack([segmentation_channel(segment_face(face, k), k) for face in images])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

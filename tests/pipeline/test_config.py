@@ -132,3 +132,14 @@ def test_invalid_yaml_is_reported_with_the_file(tmp_path):
     path.write_text("stages: [\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_topology(path, tmp_path)
+
+
+def test_only_stages_behind_parallel_workers_reorder(tmp_path, model_dir):
+    single = load_topology(write(tmp_path, chain(model_dir)), tmp_path)
+    assert not any(single.out_of_order.values())  # a chain of single workers is FIFO all the way
+    stages = chain(model_dir, detect={"workers": 2}) + [{"name": "track", "type": "track", "inputs": ["classify"]}]
+    stages[-2]["inputs"] = ["track"]  # capture -> detect x2 -> segment -> classify -> track -> log
+    scaled = load_topology(write(tmp_path, stages), tmp_path)
+    assert scaled.out_of_order == {
+        "capture": False, "detect": False, "segment": True, "classify": True, "track": True, "log": False,
+    }  # fmt: skip
