@@ -144,6 +144,15 @@ class Topology:
             result[name] = two_paths or any(self._unordered_output(link.source, result) for link in inputs)
         return result
 
+    @cached_property
+    def needs_image(self) -> dict[str, bool]:
+        """Stage name -> whether it or a stage after it uses the image (else links carry none)."""
+        result: dict[str, bool] = {}
+        for name in reversed(self.order):
+            uses = "image" in self.classes[name].requirements(self.params[name])
+            result[name] = uses or any(result[consumer.name] for consumer, _ in self.consumers(name))
+        return result
+
     def _unordered_output(self, name: str, out_of_order: dict[str, bool]) -> bool:
         reorders = self.classes[name].ordered_input
         return self.stages[name].workers > 1 or (out_of_order[name] and not reorders)

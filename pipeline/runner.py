@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -43,8 +44,9 @@ WAIT_LOG_EVERY_S = 5.0
 class Output:
     """One link to a consumer stage: a PUSH socket per consumer worker, and a send policy."""
 
-    def __init__(self, ctx: zmq.Context, endpoints: list[str], link: InputConfig, stop: threading.Event):
+    def __init__(self, ctx: zmq.Context, endpoints: list[str], link: InputConfig, stop: threading.Event, image: bool = True):
         self.link = link
+        self.image = image  # False: nothing downstream uses the image, so it is not sent
         self.stop = stop
         self.sockets = []
         for endpoint in endpoints:
@@ -245,7 +247,8 @@ def run_worker(
     finished = False
     try:
         for consumer, link in topology.consumers(name):
-            outputs.append(Output(ctx, topology.endpoints(consumer.name), link, stop))
+            image = topology.needs_image[consumer.name]
+            outputs.append(Output(ctx, topology.endpoints(consumer.name), link, stop, image))
         try:
             stage.on_start()
         except PipelineError as exc:  # bad source, model, file: restarting will not help
@@ -310,7 +313,7 @@ class _Loop:
             # Links that block lose no frame (but for a crash): a gap is worth waiting for.
             leaky = any(link.policy == "drop-oldest" for link in topology.stages[name].inputs)
             self.reorder = ReorderBuffer(capacity=128, max_wait_s=0.25 if leaky else 10.0)
-        self._encoded: dict[str, list] = {}
+        self._encoded: dict[tuple[str, bool], list] = {}
         self._last_stats = time.monotonic()
 
     def run(self) -> None:
@@ -426,7 +429,7 @@ class _Loop:
         self._encoded.clear()
         sent = False
         for out in self.outputs:
-            if out.send(self._frames(msg, out.link.codec)):
+            if out.send(self._frames(msg, out)):
                 sent = True
             else:
                 self.metrics.dropped += 1
@@ -436,12 +439,13 @@ class _Loop:
     def _broadcast(self, msg: Message) -> None:
         self._encoded.clear()
         for out in self.outputs:
-            out.broadcast(self._frames(msg, out.link.codec))
+            out.broadcast(self._frames(msg, out))
 
-    def _frames(self, msg: Message, codec: str) -> list:
-        if codec not in self._encoded:  # encode once per codec, even with several consumers
-            self._encoded[codec] = encode(msg, image_codec=codec)
-        return self._encoded[codec]
+    def _frames(self, msg: Message, out: Output) -> list:
+        key = (out.link.codec, out.image)
+        if key not in self._encoded:  # encode once per form, even with several consumers
+            self._encoded[key] = encode(msg if out.image else replace(msg, image=None), image_codec=out.link.codec)
+        return self._encoded[key]
 
     def _tick(self) -> None:
         now = time.monotonic()

@@ -52,6 +52,9 @@ class Classify(Stage):
                 f"{self.model.path}: trained on segmentation version {trained_with}, this code makes version "
                 f"{SEGMENTATION_VERSION}; retrain it with `run_pipeline.py train --segmentation on`"
             )
+        # Warm-up: the first inference sets up XNNPACK (~40 ms); do it before frames wait for it.
+        size = self.info.input_size
+        self.model.predict(np.zeros((1, size, size, self.info.channels), np.float32))
 
     def process(self, msg: Message) -> Message:
         if not msg.faces:

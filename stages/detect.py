@@ -85,7 +85,6 @@ class Detect(Stage):
     provides = frozenset({"faces"})
 
     def on_start(self) -> None:
-        cv2.setNumThreads(1)  # parallelism comes from workers, not threads fighting for 2 cores
         self._classifier = load_cascade(self.params.cascade)
 
     def process(self, msg: Message) -> Message:

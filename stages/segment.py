@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import Field
 
-from pipeline.faces import crop_face, kmeans_in_one_thread, segment_face, to_gray
+from pipeline.faces import FACE_SIZE, crop_face, kmeans_in_one_thread, segment_face, to_gray
 from pipeline.message import Message
 from pipeline.stage import Params, Stage
 
@@ -23,6 +24,7 @@ class Segment(Stage):
 
     def on_start(self) -> None:
         self._limits = kmeans_in_one_thread()
+        segment_face(np.zeros((FACE_SIZE, FACE_SIZE), np.uint8), self.params.k)  # warm-up: the first fit is slow
 
     def process(self, msg: Message) -> Message:
         p: SegmentParams = self.params

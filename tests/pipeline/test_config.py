@@ -143,3 +143,8 @@ def test_only_stages_behind_parallel_workers_reorder(tmp_path, model_dir):
     assert scaled.out_of_order == {
         "capture": False, "detect": False, "segment": True, "classify": True, "track": True, "log": False,
     }  # fmt: skip
+
+
+def test_links_carry_the_image_only_where_a_stage_downstream_uses_it(tmp_path, model_dir):
+    topology = load_topology(write(tmp_path, chain(model_dir)), tmp_path)
+    assert topology.needs_image == {"capture": True, "detect": True, "segment": True, "classify": True, "log": False}
