@@ -49,20 +49,21 @@ class Output:
         self.image = image  # False: nothing downstream uses the image, so it is not sent
         self.stop = stop
         self.sockets = []
+        # Connection events tell when consumer workers are ready (they bind only then) and when
+        # they hang up. The monitor is attached before connecting, so no event is missed.
+        self._monitors = []
         for endpoint in endpoints:
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, link.hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to workers that are connected
+            self._monitors.append(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED))
             sock.connect(endpoint)
             self.sockets.append(sock)
         self._next = 0
         self._poller = zmq.Poller()
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLOUT)
-        # Connection events tell when a consumer worker has hung up (see ``wait_for_consumers``).
-        self._monitors = [sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-                          for sock in self.sockets]  # fmt: skip
         self._connected = [False] * len(self.sockets)
 
     def send(self, frames: list) -> bool:
