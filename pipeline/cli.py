@@ -169,7 +169,12 @@ def list_stages():
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="TensorFlow threads (0: all cores)")
 @click.option("--resume", is_flag=True, help="continue the unfinished run in --out from its last epoch")
 @click.option("--export-only", is_flag=True, help="only export and evaluate the finished run in --out")
-def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads, resume, export_only):
+@click.option(
+    "--from-weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="with --export-only: export these weights (e.g. an unfinished run's checkpoint/latest.weights.h5)",
+)
+def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads, resume, export_only, from_weights):
     """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
     from train.train import TrainConfig, finalize, run_training
 
@@ -186,7 +191,7 @@ def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads,
         resume=resume,
     )
     try:
-        meta = finalize(cfg) if export_only else run_training(cfg)
+        meta = finalize(cfg, weights=from_weights) if export_only else run_training(cfg)
     except PipelineError as exc:
         _fail(exc)
     ev = meta["evaluation"]

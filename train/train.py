@@ -164,21 +164,32 @@ def run_training(cfg: TrainConfig) -> dict:
     return finalize(cfg, (train_set, val_set, test_set))
 
 
-def finalize(cfg: TrainConfig, splits: tuple[FaceSet, FaceSet, FaceSet | None] | None = None) -> dict:
+def finalize(
+    cfg: TrainConfig, splits: tuple[FaceSet, FaceSet, FaceSet | None] | None = None, weights: Path | None = None
+) -> dict:
     """Export the best epoch of a finished run in ``cfg.out`` and evaluate it.
 
     Writes ``emotion.tflite``, ``model.json``, ``curves.png``, ``confusion.png`` and
-    ``report.txt``. The test split is used here and nowhere else.
+    ``report.txt``. The test split is used here and nowhere else. With ``weights`` (such as
+    ``checkpoint/latest.weights.h5`` of an unfinished run) those weights are exported instead,
+    with the ``history.csv`` found beside them.
     """
     import keras
     import tensorflow as tf
 
-    from train.model import export_tflite
+    from train.model import build_model, export_tflite
 
     out = Path(cfg.out)
     train_set, val_set, test_set = splits or load_splits(cfg.data)
     if splits is None and cfg.limit:
         train_set, val_set = _limit(train_set, cfg.limit), _limit(val_set, max(cfg.limit // 4, 8))
+    if weights is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        model = build_model(2 if cfg.segmentation else 1, len(EMOTIONS))
+        model.load_weights(weights)
+        model.save(out / "emotion.keras")
+        if (weights.parent / "history.csv").exists() and not (out / "history.csv").exists():
+            shutil.copy(weights.parent / "history.csv", out / "history.csv")
     best = keras.models.load_model(out / "emotion.keras")
     tflite_bytes = export_tflite(best, str(out / TFLITE_NAME))
     history = _read_history(out / "history.csv")
