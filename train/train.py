@@ -190,7 +190,9 @@ def finalize(
         model.save(out / "emotion.keras")
         if (weights.parent / "history.csv").exists() and not (out / "history.csv").exists():
             shutil.copy(weights.parent / "history.csv", out / "history.csv")
-    best = keras.models.load_model(out / "emotion.keras")
+    # Shipped without the optimizer state (a third of the size); resuming uses checkpoint/.
+    best = keras.models.load_model(out / "emotion.keras", compile=False)
+    best.save(out / "emotion.keras")
     tflite_bytes = export_tflite(best, str(out / TFLITE_NAME))
     history = _read_history(out / "history.csv")
     meta = {
