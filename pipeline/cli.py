@@ -199,6 +199,25 @@ def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads,
 
 
 @main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(exists=True), help="FER2013 folder (train/, test/) or fer2013.csv")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--mirror/--no-mirror", default=True, show_default=True, help="also average over the mirrored face")
+def ensemble(models, data, out_dir, mirror):
+    """Serve several trained model directories as one model that averages their probabilities."""
+    from train.train import export_ensemble
+
+    _setup_logging(False)
+    try:
+        meta = export_ensemble(list(models), out_dir, data, mirror)
+    except PipelineError as exc:
+        _fail(exc)
+    ev, val = meta["evaluation"], meta["validation"]
+    click.echo(f"{out_dir}: validation accuracy {val['accuracy']:.4f}; {ev['split']} accuracy {ev['accuracy']:.4f}, "
+               f"macro-F1 {ev['macro_f1']:.4f}, n={ev['n']}")  # fmt: skip
+
+
+@main.command()
 @click.option(
     "--data",
     required=True,

@@ -61,26 +61,37 @@ def photometric(x: tf.Tensor) -> tf.Tensor:
     return tf.concat([gray, rest], axis=-1)
 
 
-def serving_model(model: keras.Model) -> keras.Model:
-    """Probabilities averaged over the face and its mirror image (test-time augmentation).
+def serving_model(members: list[keras.Model], mirror: bool = True) -> keras.Model:
+    """Probabilities averaged over ``members`` and, with ``mirror``, over the face and its mirror.
 
-    This is the graph exported to TFLite, so evaluation and serving both see it. It is built
-    from Keras layers and exported through a SavedModel: converting a hand-written
-    ``tf.function`` around the Keras 3 model gave NaN outputs in LiteRT.
+    One trained model with ``mirror`` is the usual serving graph (test-time augmentation);
+    several make an ensemble. Each member reads the leading channels it was trained on (gray
+    first, then the segmentation channel). This is the graph exported to TFLite, so evaluation
+    and serving both see it. It is built from Keras layers and exported through a SavedModel:
+    converting a hand-written ``tf.function`` around the Keras 3 model gave NaN outputs in LiteRT.
     """
-    face = keras.Input(model.input_shape[1:], name="face")
-    mirrored = layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name="mirror")(face)
-    probs = layers.Softmax()(model(face))
-    probs_mirrored = layers.Softmax()(model(mirrored))
-    return keras.Model(face, layers.Average(name="probabilities")([probs, probs_mirrored]), name="emotion_serving")
+    channels = max(m.input_shape[-1] for m in members)
+    face = keras.Input((FACE_SIZE, FACE_SIZE, channels), name="face")
+    views = [face]
+    if mirror:
+        views.append(layers.Lambda(lambda t: keras.ops.flip(t, axis=2), name="mirror")(face))
+    probs = []
+    for i, member in enumerate(members):
+        member = keras.Model(member.input, member.output, name=f"member_{i}")  # every member is an "emotion_cnn"
+        used = member.input_shape[-1]
+        for view in views:
+            x = view if used == channels else layers.Lambda(lambda t, n=used: t[..., :n])(view)
+            probs.append(layers.Softmax()(member(x)))
+    output = layers.Average(name="probabilities")(probs) if len(probs) > 1 else probs[0]
+    return keras.Model(face, output, name="emotion_serving")
 
 
-def export_tflite(model: keras.Model, path: str) -> int:
+def export_tflite(members: list[keras.Model], path: str, mirror: bool = True) -> int:
     """Write the serving graph as a float32 .tflite file; return its size in bytes."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        serving_model(model).export(tmp, format="tf_saved_model", verbose=False)
+        serving_model(members, mirror).export(tmp, format="tf_saved_model", verbose=False)
         blob = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
     with open(path, "wb") as f:
         f.write(blob)

@@ -193,7 +193,7 @@ def finalize(
     # Shipped without the optimizer state (a third of the size); resuming uses checkpoint/.
     best = keras.models.load_model(out / "emotion.keras", compile=False)
     best.save(out / "emotion.keras")
-    tflite_bytes = export_tflite(best, str(out / TFLITE_NAME))
+    tflite_bytes = export_tflite([best], str(out / TFLITE_NAME))
     history = _read_history(out / "history.csv")
     meta = {
         "format": 1,
@@ -225,10 +225,52 @@ def finalize(
         },
     }
     report.plot_curves(out / "history.csv", out / "curves.png")
-    evaluated = val_set if test_set is None else test_set
-    split = "validation (no test split)" if test_set is None else "test (PrivateTest)"
+    return _evaluate_and_write(out, meta, val_set, test_set)
+
+
+def export_ensemble(model_dirs: list[Path], out: Path, data: str, mirror: bool = True) -> dict:
+    """Serve several trained models as one ``.tflite`` that averages their probabilities.
+
+    Members may differ in their input (with or without the segmentation channel); the
+    ensemble takes the widest. Evaluated like ``finalize``: validation, then the test split.
+    """
+    import keras
+
+    from train.model import export_tflite
+
+    metas = [json.loads((d / METADATA_NAME).read_text()) for d in model_dirs]
+    segmented = [m["segmentation"] for m in metas if m["segmentation"]["enabled"]]
+    if any(m["classes"] != list(EMOTIONS) for m in metas) or len({(s["k"], s["version"]) for s in segmented}) > 1:
+        raise DataError(f"{', '.join(map(str, model_dirs))}: members differ in classes or segmentation; they cannot be averaged")
+    members = [keras.models.load_model(d / "emotion.keras", compile=False) for d in model_dirs]
+    _, val_set, test_set = load_splits(data)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": 1,
+        "classes": list(EMOTIONS),
+        "input_size": FACE_SIZE,
+        "channels": max(int(m.input_shape[-1]) for m in members),
+        "preprocessing": "gray face crop resized to 48x48 (pipeline.faces.crop_face), raw 0..255 float32; "
+        "scaling is inside the model; output averages the members' probabilities"
+        + (" over the face and its mirror image" if mirror else ""),
+        "segmentation": segmented[0] if segmented else metas[0]["segmentation"],
+        "parameters": sum(int(m.count_params()) for m in members),
+        "tflite_bytes": export_tflite(members, str(out / TFLITE_NAME), mirror),
+        "members": [
+            {"model": str(d), **{k: m.get(k) for k in ("segmentation", "training", "validation", "evaluation")}}
+            for d, m in zip(model_dirs, metas)
+        ],
+    }
+    return _evaluate_and_write(out, meta, val_set, test_set)
+
+
+def _evaluate_and_write(out: Path, meta: dict, val_set: FaceSet, test_set: FaceSet | None) -> dict:
+    """Score the exported model on validation and test; write model.json, confusion.png, report.txt."""
     (out / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n")  # EmotionModel reads it
-    m = evaluate_faces(EmotionModel(out), evaluated)
+    served = EmotionModel(out)
+    v = evaluate_faces(served, val_set)
+    meta["validation"] = {"split": "validation (PublicTest)", **{k: v[k] for k in ("n", "accuracy", "macro_f1")}}
+    m, split = (v, "validation (no test split)") if test_set is None else (evaluate_faces(served, test_set), "test (PrivateTest)")
     meta["evaluation"] = {"split": split, **{k: m[k] for k in ("n", "accuracy", "macro_f1", "per_class", "confusion")}}
     (out / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n")
     report.plot_confusion(m["confusion"], EMOTIONS, out / "confusion.png", f"{split}: accuracy {m['accuracy']:.3f}")

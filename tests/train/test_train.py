@@ -82,6 +82,16 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["n"] == 42
 
+    # An ensemble of the model with itself is served as one .tflite and scores exactly like it.
+    result = subprocess.run(
+        [PYTHON, "run_pipeline.py", "ensemble", str(out), str(out), "--data", str(small_fer), "--out", str(tmp_path / "ens")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ensemble = json.loads((tmp_path / "ens" / "model.json").read_text())
+    assert len(ensemble["members"]) == 2 and ensemble["channels"] == 2 and ensemble["evaluation"]["n"] == 42
+    assert ensemble["evaluation"]["confusion"] == meta["evaluation"]["confusion"]
+
 
 def test_interrupted_training_resumes_from_its_last_epoch(small_fer, tmp_path):
     out = tmp_path / "model"
