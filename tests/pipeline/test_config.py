@@ -1,3 +1,5 @@
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,26 @@ def test_only_stages_behind_parallel_workers_reorder(tmp_path, model_dir):
 def test_links_carry_the_image_only_where_a_stage_downstream_uses_it(tmp_path, model_dir):
     topology = load_topology(write(tmp_path, chain(model_dir)), tmp_path)
     assert topology.needs_image == {"capture": True, "detect": True, "segment": True, "classify": True, "log": False}
+
+
+def with_segmentation(model_dir: Path, tmp_path: Path, enabled: bool) -> Path:
+    """A copy of the model whose metadata says it was (or was not) trained with the K-means channel."""
+    copy = tmp_path / f"model-seg-{enabled}"
+    shutil.copytree(model_dir, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["channels"] = 2 if enabled else 1
+    meta["segmentation"] = {"enabled": enabled, "k": 4 if enabled else 0, "function": "pipeline.faces.segment_face",
+                            "version": 2 if enabled else None}  # fmt: skip
+    (copy / "model.json").write_text(json.dumps(meta))
+    return copy
+
+
+def test_a_model_trained_with_segmentation_needs_a_segment_stage_upstream(tmp_path, model_dir):
+    for enabled in (True, False):
+        stages = chain(with_segmentation(model_dir, tmp_path, enabled))
+        del stages[2]  # capture -> detect -> classify -> log
+        stages[2]["inputs"] = ["detect"]
+        if enabled:
+            assert "stages[2] (classify).inputs: a classify stage needs seg from upstream" in error_of(tmp_path, stages)
+        else:
+            assert load_topology(write(tmp_path, stages), tmp_path).order == ["capture", "detect", "classify", "log"]
