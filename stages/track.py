@@ -17,8 +17,11 @@ class TrackParams(Params):
     iou_threshold: float = Field(0.3, gt=0.0, le=1.0, description="a face continues a track when its box overlaps this much")
     max_gap: int = Field(15, ge=0, le=10_000, description="frames a track survives without a detection")
     smoothing: Literal["ema", "window", "off"] = Field("ema", description="how probabilities are smoothed per track")
-    alpha: float = Field(0.25, gt=0.0, le=1.0, description="ema: weight of the newest frame")
+    alpha: float = Field(0.15, gt=0.0, le=1.0, description="ema: weight of the newest frame")
     window: int = Field(10, ge=1, le=1000, description="window: frames averaged")
+    hysteresis: float = Field(
+        0.05, ge=0.0, le=1.0, description="the label changes only when another class leads the current one by this much"
+    )
 
 
 def iou(a: list[int], b: list[int]) -> float:
@@ -39,6 +42,7 @@ class _Track:
     last_seen: int
     smoothed: np.ndarray | None = None
     history: deque = field(default_factory=deque)
+    label: int | None = None  # the class shown, kept until another leads by ``hysteresis``
 
 
 class Tracker:
@@ -122,6 +126,9 @@ class Track(Stage):
                 continue
             smoothed = smooth(track, np.asarray(face["probs"], dtype=np.float64), p)
             best = int(smoothed.argmax())
+            if track.label is not None and smoothed[best] < smoothed[track.label] + p.hysteresis:
+                best = track.label  # two classes close together: no flicker between them
+            track.label = best
             face["emotion_raw"] = face.get("emotion")
             face["smoothed"] = [round(float(v), 5) for v in smoothed]
             face["emotion"] = classes[best]
