@@ -29,6 +29,7 @@ from train.data import FaceSet, load_splits, segmentation_channels
 
 log = logging.getLogger(__name__)
 
+PREPROCESSING = "gray face crop resized to 48x48 (pipeline.faces.crop_face), raw 0..255 float32; scaling is inside the model"
 CACHE_DIR = Path(os.environ.get("EMOTION_CACHE", Path.home() / ".cache" / "emotion-pipeline"))
 
 
@@ -200,8 +201,7 @@ def finalize(
         "classes": list(EMOTIONS),
         "input_size": FACE_SIZE,
         "channels": int(best.input_shape[-1]),
-        "preprocessing": "gray face crop resized to 48x48 (pipeline.faces.crop_face), raw 0..255 float32; "
-        "scaling is inside the model; output averages the face and its mirror image",
+        "preprocessing": f"{PREPROCESSING}; output averages the face and its mirror image",
         "segmentation": {
             "enabled": cfg.segmentation,
             "k": cfg.segmentation_k if cfg.segmentation else 0,
@@ -250,8 +250,7 @@ def export_ensemble(model_dirs: list[Path], out: Path, data: str, mirror: bool =
         "classes": list(EMOTIONS),
         "input_size": FACE_SIZE,
         "channels": max(int(m.input_shape[-1]) for m in members),
-        "preprocessing": "gray face crop resized to 48x48 (pipeline.faces.crop_face), raw 0..255 float32; "
-        "scaling is inside the model; output averages the members' probabilities"
+        "preprocessing": f"{PREPROCESSING}; output averages the members' probabilities"
         + (" over the face and its mirror image" if mirror else ""),
         "segmentation": segmented[0] if segmented else metas[0]["segmentation"],
         "parameters": sum(int(m.count_params()) for m in members),
