@@ -31,15 +31,11 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _with_policy(topology: Topology, policy: str, hwm: int) -> Topology:
-    """The same topology with every link's policy and queue bound replaced."""
+def _with_links(topology: Topology, **changes: Any) -> Topology:
+    """The same topology with these fields of every link replaced (``policy``, ``hwm``, ``codec``)."""
     stages = [
         stage.model_copy(
-            update={
-                "inputs": [
-                    InputConfig(**{**link.model_dump(by_alias=True), "policy": policy, "hwm": hwm}) for link in stage.inputs
-                ]
-            }
+            update={"inputs": [InputConfig(**{**link.model_dump(by_alias=True), **changes}) for link in stage.inputs]}
         )
         for stage in topology.config.stages
     ]
@@ -135,16 +131,22 @@ def sequential_run(topology: Topology, out: Path, context: dict[str, Any], openc
     return {"frames": frames, "fps": _round(frames / seconds, 1)}
 
 
-def run_bench(config: str, source: str, paced_fps: float | None = None, frames: int | None = None) -> dict[str, Any]:
+def run_bench(
+    config: str, source: str, paced_fps: float | None = None, frames: int | None = None, codec: str | None = None
+) -> dict[str, Any]:
     """Run (a) max speed, (b) paced at the source's fps, (c) paced at twice that with drop-oldest
-    links, and (d) the sequential baseline, on one thread and with OpenCV's threads; return the figures."""
+    links, and (d) the sequential baseline, on one thread and with OpenCV's threads; return the figures.
+
+    ``codec`` forces every link's image codec (``raw`` against ``shm``: what shared memory saves).
+    """
     context = {"log_level": logging.WARNING, "log_format": "%(asctime)s %(levelname)s %(processName)s: %(message)s"}
     with tempfile.TemporaryDirectory(prefix="emobench-") as tmp:
         tmp_path = Path(tmp)
 
         def topology(name: str, overrides: list[str]) -> Topology:
             limit = [f"capture.max_frames={frames}"] if frames else []
-            return load_topology(config, tmp_path / f"rt-{name}", overrides + limit, source)
+            loaded = load_topology(config, tmp_path / f"rt-{name}", overrides + limit, source)
+            return _with_links(loaded, codec=codec) if codec else loaded
 
         runs: dict[str, dict[str, Any]] = {}
         log.info("bench: as fast as possible")
@@ -155,7 +157,8 @@ def run_bench(config: str, source: str, paced_fps: float | None = None, frames: 
             topology("paced", ["capture.pacing=realtime", f"capture.fps={native}"]), tmp_path / "paced", context
         )
         log.info("bench: paced at %.1f fps with drop-oldest links", 2 * native)
-        overload = _with_policy(topology("overload", ["capture.pacing=realtime", f"capture.fps={2 * native}"]), "drop-oldest", 2)
+        overload = topology("overload", ["capture.pacing=realtime", f"capture.fps={2 * native}"])
+        overload = _with_links(overload, policy="drop-oldest", hwm=2)
         runs["overload"] = pipeline_run(overload, tmp_path / "overload", context)
         log.info("bench: sequential baseline, one thread")
         baseline = sequential_run(topology("seq", ["capture.pacing=max"]), tmp_path / "seq", context)
@@ -166,6 +169,7 @@ def run_bench(config: str, source: str, paced_fps: float | None = None, frames: 
     return {
         "config": config,
         "source": source,
+        "codec": codec or "as configured",
         "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
         "fps": fast["fps"],
         "baseline_fps": baseline["fps"],
@@ -200,7 +204,7 @@ def format_bench(b: dict[str, Any]) -> str:
     """The figures as a readable block."""
     lat, ov = b["latency_ms"], b["overload"]
     lines = [
-        f"{b['config']} on {b['source']} ({b['machine']})",
+        f"{b['config']} on {b['source']} ({b['machine']}); link codec: {b['codec']}",
         f"as fast as possible: {b['fps']} frames/s; sequential baseline (one process, one thread) {b['baseline_fps']} frames/s; "
         f"speedup {b['speedup']}x",
         f"sequential with OpenCV's default threads: {b['baseline_threaded_fps']} frames/s",

@@ -270,13 +270,16 @@ def report(db, out_dir, bin_s):
 @click.option("--frames", type=click.IntRange(2), help="use only the first N frames (quick checks)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write latency and throughput plots to this PNG")
-def bench(config, source, paced_fps, frames, as_json, plot):
+@click.option(
+    "--codec", type=click.Choice(["auto", "shm", "raw", "jpeg"]), help="force every link's image codec (compare transports)"
+)
+def bench(config, source, paced_fps, frames, as_json, plot, codec):
     """Measure throughput, latency, CPU and memory of CONFIG against a sequential baseline."""
     from pipeline.bench import format_bench, plot_bench, run_bench
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
-        result = run_bench(config, source, paced_fps, frames)
+        result = run_bench(config, source, paced_fps, frames, codec)
     except PipelineError as exc:
         _fail(exc)
     if plot:

@@ -33,7 +33,11 @@ class InputConfig(BaseModel):
         "block", description="block: wait for room (files); drop-oldest: keep the newest frames (live sources)"
     )
     hwm: int = Field(4, ge=1, le=1000, description="queue bound in messages, on each side of the link")
-    codec: Literal["raw", "jpeg"] = Field("raw", description="image encoding on the wire; jpeg for links between machines")
+    codec: Literal["auto", "shm", "raw", "jpeg"] = Field(
+        "auto",
+        description="how the image travels: shm (shared memory, one machine), raw, or jpeg (between machines); "
+        "auto: shm to ipc:// endpoints, raw to tcp://",
+    )
 
 
 class StageConfig(BaseModel):
@@ -111,6 +115,12 @@ class Topology:
         """What each worker of ``name`` binds."""
         stage = self.stages[name]
         return _per_worker(stage.bind or self._endpoint(name), stage.workers)
+
+    def codec(self, consumer: str, link: InputConfig) -> str:
+        """How the image travels on ``link`` into ``consumer``: ``auto`` resolved by its endpoint."""
+        if link.codec != "auto":
+            return link.codec
+        return "shm" if self._endpoint(consumer).startswith("ipc://") else "raw"
 
     def expected_eos(self, name: str, stream: str) -> int:
         """How many end-of-stream markers for ``stream`` reach each worker of ``name``."""
@@ -195,6 +205,11 @@ class Topology:
             if not cls.is_source and not stage.inputs:
                 raise ConfigError(f"{where}.inputs: required: a {stage.type} stage needs an upstream stage")
             for j, link in enumerate(stage.inputs):
+                if link.codec == "shm" and not self._endpoint(stage.name).startswith("ipc://"):
+                    raise ConfigError(
+                        f"{where}.inputs[{j}].codec: shm needs both stages on one machine (an ipc:// endpoint), "
+                        f"got {self._endpoint(stage.name)}; use raw or jpeg"
+                    )
                 if link.source not in self.stages:
                     raise ConfigError(f"{where}.inputs[{j}]: no stage named {link.source!r}; stages are {', '.join(self.stages)}")
                 if self.classes[link.source].is_sink:

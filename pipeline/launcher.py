@@ -23,6 +23,7 @@ import zmq
 from pipeline.config import Topology
 from pipeline.metrics import summarise
 from pipeline.runner import run_worker
+from pipeline.shm import remove_rings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class Launcher:
         self.on_event = on_event
         self.stop_requested = threading.Event()
         self.control_endpoint = f"ipc://{topology.runtime_dir / 'control'}"
+        self._pids: set[int] = set()  # of workers that ran, to clean up frame rings they left
 
     # --- how a worker starts and stops: overridden by the two launchers ----------
     def start_worker(self, worker: Worker) -> None:
@@ -123,6 +125,7 @@ class Launcher:
             self._drain(control, workers, result.events)
             control.close(linger=0)
             ctx.term()
+            remove_rings(self._pids)
         result.ended = time.time()
         result.snapshots = [w.stats for w in workers if w.stats]
         result.stages = summarise(result.snapshots)
@@ -170,6 +173,8 @@ class Launcher:
                 return
             w = by_key.get((event.get("stage"), event.get("worker")))
             kind = event.get("event")
+            if kind == "started":
+                self._pids.add(event["pid"])
             if w is not None and kind in ("stats", "done"):
                 w.stats = event["stats"]
             if w is not None and kind == "fatal":
@@ -206,12 +211,13 @@ class ProcessLauncher(Launcher):
     _mp = mp.get_context("spawn")
 
     def start_worker(self, worker: Worker) -> None:
-        worker.handle = self._mp.Process(
+        process = self._mp.Process(
             target=_process_main,
             name=worker.label,
             args=(self.topology, worker.stage, worker.index, self.context, self.control_endpoint),
         )
-        worker.handle.start()
+        process.start()
+        worker.handle = process  # only once started: stopping a worker that never started is a no-op
 
     def exit_code(self, worker: Worker) -> int | None:
         return worker.handle.exitcode

@@ -2,7 +2,8 @@
 
 A message is a ZeroMQ multipart: frame 0 is a small msgpack header, the following frames are
 raw array buffers (the image, segmentation label maps), sent without copying. Links between
-machines can JPEG-encode the image instead. End-of-stream travels in-band as a message of
+machines can JPEG-encode the image instead; links on one machine can leave it in shared
+memory and send a reference (``pipeline.shm``). End-of-stream travels in-band as a message of
 kind ``eos``. Decoding never trusts the sender: sizes are bounded and every buffer must match
 the shape and dtype its header claims, otherwise ``MessageError`` names what is wrong.
 No pickle anywhere.
@@ -12,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import msgpack
 import numpy as np
 
 from pipeline.errors import MessageError
+
+if TYPE_CHECKING:
+    from pipeline.shm import SharedFrames, SharedImage
 
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB of msgpack is far more than any real header
@@ -43,6 +47,10 @@ class Message:
         faces: one dict per face: ``box`` [x, y, w, h], and as stages add them ``seg``
             (uint8 label map), ``probs`` (list of floats), ``emotion``, ``confidence``, ``track``.
         meta: free-form JSON-like data (source fps, frame size, ...).
+        shared: set by the runner when ``image`` is read from shared memory; not sent as is.
+
+    An image read from shared memory is read-only and valid while the stage processes the
+    message: a stage that keeps pixels for later (or draws on them) copies them.
     """
 
     kind: str = FRAME
@@ -53,6 +61,7 @@ class Message:
     image: np.ndarray | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    shared: SharedImage | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_eos(self) -> bool:
@@ -68,14 +77,17 @@ def _array_spec(array: np.ndarray) -> dict[str, Any]:
     return {"shape": list(array.shape), "dtype": array.dtype.name}
 
 
-def encode(msg: Message, image_codec: str = "raw", jpeg_quality: int = 90) -> list[bytes | memoryview]:
+def encode(
+    msg: Message, image_codec: str = "raw", jpeg_quality: int = 90, shared_ref: dict[str, Any] | None = None
+) -> list[bytes | memoryview]:
     """Serialise a message into multipart frames.
 
     Args:
         msg: the message.
-        image_codec: ``raw`` (zero-copy buffer, for links on one machine) or ``jpeg``
-            (about 10x smaller, for links between machines).
+        image_codec: ``raw`` (zero-copy buffer), ``jpeg`` (about 10x smaller, for links
+            between machines) or ``shm`` (a reference to shared memory, ``shared_ref``).
         jpeg_quality: 1..100, with ``jpeg``.
+        shared_ref: with ``shm``: where the image is (``pipeline.shm.FrameRing.put``).
     """
     buffers: list[bytes | memoryview] = []
 
@@ -86,7 +98,11 @@ def encode(msg: Message, image_codec: str = "raw", jpeg_quality: int = 90) -> li
 
     image = None
     if msg.image is not None:
-        if image_codec == "jpeg":
+        if image_codec == "shm":
+            if shared_ref is None:
+                raise ValueError("image_codec 'shm' needs shared_ref")
+            image = {**shared_ref, "codec": "shm", **_array_spec(msg.image)}
+        elif image_codec == "jpeg":
             ok, jpg = cv2.imencode(".jpg", msg.image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             if not ok:
                 raise MessageError(f"stream {msg.stream} frame {msg.seq}: JPEG encoding failed")
@@ -141,8 +157,11 @@ def _array(spec: Any, frames: Sequence, where: str) -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
-def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
-    """Parse multipart frames (bytes or zmq.Frame) into a Message, or raise MessageError."""
+def decode(frames: Sequence[bytes | memoryview | Any], shared: SharedFrames | None = None) -> Message:
+    """Parse multipart frames (bytes or zmq.Frame) into a Message, or raise MessageError.
+
+    ``shared`` maps images sent by reference; without it such a message is refused.
+    """
     if not frames:
         raise MessageError("empty message")
     head = frames[0].bytes if hasattr(frames[0], "bytes") else bytes(frames[0])
@@ -180,10 +199,6 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
     except (KeyError, TypeError, ValueError) as exc:
         raise MessageError(f"bad header field: {exc!r}") from exc
     where = f"stream {msg.stream} frame {msg.seq}"
-    if header.get("image") is not None:
-        msg.image = _array(header["image"], frames, f"{where} image")
-        if msg.image.ndim != 3 or msg.image.shape[2] != 3 or msg.image.dtype != np.uint8:
-            raise MessageError(f"{where} image: expected uint8 (H, W, 3), got {msg.image.dtype} {msg.image.shape}")
     if len(faces) > MAX_FACES:
         raise MessageError(f"{where}: {len(faces)} faces exceeds {MAX_FACES}")
     for i, face in enumerate(faces):
@@ -191,8 +206,25 @@ def decode(frames: Sequence[bytes | memoryview | Any]) -> Message:
             raise MessageError(f"{where} faces[{i}]: needs a box [x, y, w, h] of integers")
         if face.get("seg") is not None:
             face["seg"] = _array(face["seg"], frames, f"{where} faces[{i}].seg")
+    # The image last: a shared-memory slot is taken only by a message that is otherwise valid.
+    spec = header.get("image")
+    if isinstance(spec, dict) and spec.get("codec") == "shm":
+        if shared is None:
+            raise MessageError(f"{where} image: sent through shared memory on a link that is not codec: shm")
+        if spec.get("dtype") != "uint8" or not _is_shape(spec.get("shape")):
+            raise MessageError(f"{where} image: bad shared-memory image spec {spec!r}")
+        msg.shared = shared.image(spec, tuple(spec["shape"]), f"{where} image")
+        msg.image = msg.shared.array
+    elif spec is not None:
+        msg.image = _array(spec, frames, f"{where} image")
+    if msg.image is not None and (msg.image.ndim != 3 or msg.image.shape[2] != 3 or msg.image.dtype != np.uint8):
+        raise MessageError(f"{where} image: expected uint8 (H, W, 3), got {msg.image.dtype} {msg.image.shape}")
     msg.faces = faces
     return msg
+
+
+def _is_shape(shape: Any) -> bool:
+    return isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)
 
 
 def _is_box(box: Any) -> bool:

@@ -31,6 +31,7 @@ from pipeline.errors import MessageError, PipelineError
 from pipeline.message import Message, decode, encode
 from pipeline.metrics import StageMetrics
 from pipeline.reorder import ReorderBuffer
+from pipeline.shm import FrameRing, SharedFrames
 from pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,18 @@ WAIT_LOG_EVERY_S = 5.0
 class Output:
     """One link to a consumer stage: a PUSH socket per consumer worker, and a send policy."""
 
-    def __init__(self, ctx: zmq.Context, endpoints: list[str], link: InputConfig, stop: threading.Event, image: bool = True):
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoints: list[str],
+        link: InputConfig,
+        stop: threading.Event,
+        image: bool = True,
+        codec: str = "raw",
+    ):
         self.link = link
         self.image = image  # False: nothing downstream uses the image, so it is not sent
+        self.codec = codec  # shm, raw or jpeg (``auto`` resolved by the topology)
         self.stop = stop
         self.sockets = []
         # Connection events tell when consumer workers are ready (they bind only then) and when
@@ -139,8 +149,17 @@ class Output:
 class Input:
     """A worker's bound PULL socket. With a drop-oldest link it keeps only the newest frames."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, links: list[InputConfig], metrics: StageMetrics, name: str):
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        links: list[InputConfig],
+        metrics: StageMetrics,
+        name: str,
+        shared: SharedFrames | None = None,
+    ):
         self.sock = ctx.socket(zmq.PULL)
+        self.shared = shared  # maps images sent through shared memory; None: refused
         self.capacity = max(link.hwm for link in links)
         self.sock.setsockopt(zmq.RCVHWM, self.capacity)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -168,7 +187,7 @@ class Input:
                 return
             received += 1
             try:
-                msg = decode(frames)
+                msg = decode(frames, self.shared)
             except MessageError as exc:
                 self.metrics.errors += 1
                 log.error("%s: dropped malformed message: %s", self.name, exc)
@@ -183,8 +202,11 @@ class Input:
     def _drop_oldest(self) -> None:
         frames = [m for m in self.pending if not m.is_eos]
         while len(frames) > self.capacity:
-            self.pending.remove(frames.pop(0))  # end-of-stream is never dropped
+            dropped = frames.pop(0)
+            self.pending.remove(dropped)  # end-of-stream is never dropped
             self.metrics.dropped += 1
+            if self.shared is not None:
+                self.shared.release(dropped.shared)
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -245,11 +267,14 @@ def run_worker(
     )
     outputs: list[Output] = []
     inp: Input | None = None
+    shared = SharedFrames()
     finished = False
+    loop = None
     try:
         for consumer, link in topology.consumers(name):
             image = topology.needs_image[consumer.name]
-            outputs.append(Output(ctx, topology.endpoints(consumer.name), link, stop, image))
+            codec = topology.codec(consumer.name, link)
+            outputs.append(Output(ctx, topology.endpoints(consumer.name), link, stop, image, codec))
         try:
             stage.on_start()
         except PipelineError as exc:  # bad source, model, file: restarting will not help
@@ -261,10 +286,12 @@ def run_worker(
         for out in outputs:
             out.wait_until_connected(label)
         if not stage_cls.is_source:
-            inp = Input(ctx, topology.bind_endpoints(name)[worker], topology.stages[name].inputs, metrics, label)
+            links = topology.stages[name].inputs
+            accepts_shm = any(topology.codec(name, link) == "shm" for link in links)
+            inp = Input(ctx, topology.bind_endpoints(name)[worker], links, metrics, label, shared if accepts_shm else None)
         control.emit("started")
         log.info("%s: started in process %d", label, os.getpid())
-        loop = _Loop(topology, name, label, stage, inp, outputs, metrics, control, stop, in_process)
+        loop = _Loop(topology, name, label, stage, inp, outputs, metrics, control, stop, in_process, shared)
         loop.run()
         finished = True
         return 0
@@ -281,6 +308,8 @@ def run_worker(
             out.close()
         if inp is not None:
             inp.close()
+        if loop is not None:
+            loop.close_rings()
         control.close()
         ctx.term()
 
@@ -302,9 +331,11 @@ def _resources(metrics: StageMetrics) -> None:
 class _Loop:
     """The receive-process-send loop of one worker (see ``run_worker``)."""
 
-    def __init__(self, topology, name, label, stage, inp, outputs, metrics, control, stop, in_process):
+    def __init__(self, topology, name, label, stage, inp, outputs, metrics, control, stop, in_process, shared):
         self.topology, self.name, self.label, self.stage = topology, name, label, stage
         self.inp, self.outputs, self.metrics, self.control, self.stop = inp, outputs, metrics, control, stop
+        self.shared = shared  # frames read from upstream rings
+        self.rings: list[FrameRing] = []  # this worker's ring (one more if the frame size grows)
         self.parent = os.getppid() if in_process else None
         self.is_sink = type(stage).is_sink
         self.streams = topology.streams[name]
@@ -370,6 +401,7 @@ class _Loop:
         elif self.needs_image and msg.image is None:
             problem = f"stream {msg.stream} frame {msg.seq} has no image"
         if problem:
+            self.shared.release(msg.shared)
             self.metrics.errors += 1
             log.error("%s: dropped malformed message: %s", self.label, problem)
             self.control.emit("error", error=f"malformed message: {problem}")
@@ -385,6 +417,8 @@ class _Loop:
             return
         ready, late = self.reorder.push(msg)
         self.metrics.late += late
+        if late:
+            self.shared.release(msg.shared)
         for m in ready:
             self._process(m)
 
@@ -408,9 +442,16 @@ class _Loop:
         try:
             out = self.stage.process(msg)
         except Exception as exc:  # noqa: BLE001 - one bad frame must not stop the stage
+            self.shared.release(msg.shared)
             self.metrics.errors += 1
             log.exception("%s: stream %s frame %d: %s", self.label, msg.stream, msg.seq, exc)
             self.control.emit("error", error=f"stream {msg.stream} frame {msg.seq}: {exc!r}")
+            return
+        if msg.shared is not None and not self.shared.intact(msg.shared):
+            self.metrics.errors += 1
+            error = f"stream {msg.stream} frame {msg.seq}: its shared-memory slot was reclaimed while in use; dropped"
+            log.error("%s: %s", self.label, error)
+            self.control.emit("error", error=error)
             return
         busy = time.perf_counter() - t0
         self.metrics.busy_s += busy
@@ -423,6 +464,7 @@ class _Loop:
             self.metrics.latency_series.append((msg.ts, (now - msg.ts) * 1000))
         if out is not None:
             self._emit(out)
+        self.shared.release(msg.shared)  # unless _emit handed the slot on
 
     # --- sending ---------------------------------------------------------------
     def _emit(self, msg: Message) -> None:
@@ -430,12 +472,52 @@ class _Loop:
         self._encoded.clear()
         sent = False
         for out in self.outputs:
-            if out.send(self._frames(msg, out)):
+            if out.image and out.codec == "shm" and msg.image is not None:
+                ok = self._send_shared(msg, out)
+            else:
+                ok = out.send(self._frames(msg, out))
+            if ok:
                 sent = True
             else:
                 self.metrics.dropped += 1
         if sent or not self.outputs:
             self.metrics.frames_out += 1
+
+    def _send_shared(self, msg: Message, out: Output) -> bool:
+        """Send the image by reference: hand on the slot it came in, or write it to our ring."""
+        held = msg.shared
+        if held is not None and not held.released and held.array is msg.image:
+            if out.send(encode(msg, "shm", shared_ref=held.ref)):
+                held.released = True  # the consumer releases it now
+                return True
+            return False
+        try:
+            ref = self._put(msg.image, out)
+        except OSError as exc:  # no room for a ring (a small /dev/shm): pixels go through the socket
+            log.warning("%s: no shared memory for frames (%s); sending them inline", self.label, exc)
+            out.codec = "raw"
+            return out.send(self._frames(msg, out))
+        if ref is None:
+            return False
+        if out.send(encode(msg, "shm", shared_ref=ref)):
+            return True
+        self.rings[-1].free(ref)
+        return False
+
+    def _put(self, image, out: Output) -> dict | None:
+        """Copy ``image`` into this worker's ring; a full ring waits (block) or drops (drop-oldest)."""
+        if not self.rings or image.nbytes > self.rings[-1].ring.slot_bytes:
+            self.rings.append(FrameRing(self.label, image.nbytes))
+        while not self.stop.is_set():
+            ref = self.rings[-1].put(image)
+            if ref is not None or out.link.policy == "drop-oldest":
+                return ref
+            self.stop.wait(0.001)  # every frame in flight: wait for one to be released downstream
+        return None
+
+    def close_rings(self) -> None:
+        for ring in self.rings:
+            ring.close()
 
     def _broadcast(self, msg: Message) -> None:
         self._encoded.clear()
@@ -443,9 +525,10 @@ class _Loop:
             out.broadcast(self._frames(msg, out))
 
     def _frames(self, msg: Message, out: Output) -> list:
-        key = (out.link.codec, out.image)
+        key = (out.codec, out.image)
         if key not in self._encoded:  # encode once per form, even with several consumers
-            self._encoded[key] = encode(msg if out.image else replace(msg, image=None), image_codec=out.link.codec)
+            codec = "raw" if out.codec == "shm" else out.codec  # shm links without image
+            self._encoded[key] = encode(msg if out.image else replace(msg, image=None), image_codec=codec)
         return self._encoded[key]
 
     def _tick(self) -> None:

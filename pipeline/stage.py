@@ -54,7 +54,11 @@ class Stage:
         """Open resources (models, files, devices). Called once in the worker process."""
 
     def process(self, msg: Message) -> Message | None:
-        """Transform one message. Return ``None`` to drop the frame."""
+        """Transform one message. Return ``None`` to drop the frame.
+
+        ``msg.image`` may be read-only and is valid until ``process`` returns (it can live in
+        shared memory that is reused afterwards): copy it to draw on it or to keep it.
+        """
         return msg
 
     def generate(self) -> Iterator[Message]:

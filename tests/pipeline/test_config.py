@@ -152,6 +152,18 @@ def test_links_carry_the_image_only_where_a_stage_downstream_uses_it(tmp_path, m
     assert topology.needs_image == {"capture": True, "detect": True, "segment": True, "classify": True, "log": False}
 
 
+def test_images_go_through_shared_memory_on_one_machine_and_inline_over_tcp(tmp_path, model_dir):
+    raw = {"inputs": [{"from": "segment", "codec": "raw"}]}
+    stages = chain(model_dir, segment={"endpoint": "tcp://127.0.0.1:6001"}, classify=raw)
+    topology = load_topology(write(tmp_path, stages), tmp_path)
+    assert [topology.codec(s.name, s.inputs[0]) for s in topology.config.stages[1:]] == ["shm", "raw", "raw", "shm"]
+
+
+def test_shared_memory_over_tcp_is_refused(tmp_path, model_dir):
+    stages = chain(model_dir, segment={"endpoint": "tcp://127.0.0.1:6001", "inputs": [{"from": "detect", "codec": "shm"}]})
+    assert "(segment).inputs[0].codec: shm needs both stages on one machine" in error_of(tmp_path, stages)
+
+
 def with_segmentation(model_dir: Path, tmp_path: Path, enabled: bool) -> Path:
     """A copy of the model whose metadata says it was (or was not) trained with the K-means channel."""
     copy = tmp_path / f"model-seg-{enabled}"

@@ -1,0 +1,143 @@
+"""Frames through shared memory: slots, ownership, reclaiming, bad references, a threaded tee."""
+
+import os
+
+import cv2
+import msgpack
+import numpy as np
+import pytest
+import yaml
+
+from pipeline import shm
+from pipeline.config import load_topology
+from pipeline.errors import MessageError
+from pipeline.launcher import ThreadLauncher
+from pipeline.message import FORMAT_VERSION, Message, decode, encode
+from pipeline.shm import FrameRing, SharedFrames, remove_rings
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((12, 16, 3), value, np.uint8)
+
+
+@pytest.fixture
+def ring():
+    ring = FrameRing("test", image(0).nbytes, slots=4)
+    yield ring
+    ring.close()
+
+
+def send(ring: FrameRing, value: int, seq: int = 0) -> list:
+    msg = Message(seq=seq, image=image(value))
+    return encode(msg, "shm", shared_ref=ring.put(msg.image))
+
+
+def test_image_travels_by_reference_and_comes_back_read_only(ring):
+    frames = send(ring, 7)
+    assert len(frames) == 1  # no pixel buffer: only the header
+    msg = decode(frames, SharedFrames())
+    assert np.array_equal(msg.image, image(7))
+    assert not msg.image.flags.writeable
+
+
+def test_a_full_ring_refuses_until_a_slot_is_released(ring):
+    shared = SharedFrames()
+    held = [decode(send(ring, i, seq=i), shared) for i in range(4)]
+    assert ring.put(image(9)) is None
+    shared.release(held[1].shared)
+    assert ring.put(image(9)) == {"ring": ring.name, "slot": 1, "gen": 2}
+    assert np.array_equal(held[2].image, image(2))  # the others are untouched
+
+
+def test_a_slot_held_too_long_is_reclaimed_and_its_old_holder_finds_out(ring, monkeypatch):
+    shared = SharedFrames()
+    held = [decode(send(ring, i), shared) for i in range(4)]
+    assert ring.put(image(5)) is None
+    monkeypatch.setattr(shm, "RECLAIM_S", 0.0)
+    assert ring.put(image(5)) is not None
+    assert not shared.intact(held[0].shared)
+    with pytest.raises(MessageError, match="was overwritten"):
+        decode(encode(Message(image=image(0)), "shm", shared_ref=held[0].shared.ref), shared)
+    shared.release(held[0].shared)  # a stale release leaves the new frame alone
+    assert ring.ring.busy[0] == 1
+
+
+def test_a_link_that_is_not_shm_refuses_references(ring):
+    with pytest.raises(MessageError, match="not codec: shm"):
+        decode(send(ring, 1))
+
+
+def header(image: dict) -> list[bytes]:
+    return [msgpack.packb({"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 3, "ts": 0.0, "image": image})]
+
+
+@pytest.mark.parametrize(
+    ("ref", "fragment"),
+    [
+        ({"ring": "../../etc/passwd", "slot": 0, "gen": 1}, "bad shared-memory reference"),
+        ({"ring": "emopipe-0-gone", "slot": 0, "gen": 1}, "cannot open shared memory"),
+        ({"slot": 99, "gen": 1}, "slot 99"),
+        ({"slot": 0, "gen": 1, "shape": [100, 100, 3]}, "30000 bytes"),
+        ({"slot": 0, "gen": 1, "dtype": "float32"}, "bad shared-memory image spec"),
+    ],
+)
+def test_bad_references_are_message_errors_naming_the_frame(ring, ref, fragment):
+    spec = {"ring": ring.name, "codec": "shm", "shape": [12, 16, 3], "dtype": "uint8", **ref}
+    with pytest.raises(MessageError, match="frame 3") as err:
+        decode(header(spec), SharedFrames())
+    assert fragment in str(err.value)
+
+
+def test_a_file_that_is_not_a_ring_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(shm, "ROOT", tmp_path)
+    (tmp_path / "emopipe-1-fake").write_bytes(b"x" * 200)
+    with pytest.raises(MessageError, match="is not a frame ring"):
+        spec = {"ring": "emopipe-1-fake", "slot": 0, "gen": 1, "codec": "shm", "shape": [1, 1, 3], "dtype": "uint8"}
+        decode(header(spec), SharedFrames())
+
+
+def test_closing_unlinks_and_leftovers_of_dead_workers_are_removed():
+    ring = FrameRing("gone", 64)
+    path = shm.ROOT / ring.name
+    assert path.exists()
+    ring.close()
+    assert not path.exists()
+    leftover = shm.ROOT / f"{shm.PREFIX}999999999-x-64"
+    leftover.write_bytes(b"")
+    remove_rings({999999999})
+    assert not leftover.exists()
+
+
+def test_two_renderers_fed_from_one_detector_both_get_every_frame(tmp_path):
+    # capture writes each frame once; detect hands its slot to one renderer and copies it for the other.
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))
+    for i in range(60):  # more frames than ring slots, so slots must come back
+        writer.write(np.full((48, 64, 3), i * 4, np.uint8))
+    writer.release()
+    config = {
+        "name": "tee",
+        "stages": [
+            {"name": "capture", "type": "capture", "params": {"source": str(clip), "pacing": "max"}},
+            {"name": "detect", "type": "detect", "inputs": ["capture"]},
+            {"name": "a", "type": "render", "inputs": ["detect"], "params": {"filename": "a.mp4"}},
+            {"name": "b", "type": "render", "inputs": ["detect"], "params": {"filename": "b.mp4"}},
+        ],
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    topology = load_topology(tmp_path / "t.yaml", tmp_path / "rt")
+    assert {topology.codec(n, topology.stages[n].inputs[0]) for n in ("detect", "a", "b")} == {"shm"}
+    result = ThreadLauncher(topology, {"out": str(tmp_path / "out")}).run()
+    assert result.code == 0
+    assert [result.stages[n]["frames_in"] for n in ("a", "b")] == [60, 60]
+    assert sum(row["errors"] for row in result.stages.values()) == 0
+    videos = sorted((tmp_path / "out").glob("*.mp4"))
+    assert [v.name for v in videos] == ["a.mp4", "b.mp4"]
+    for video in videos:
+        cap = cv2.VideoCapture(str(video))
+        brightness = []
+        while (frame := cap.read()[1]) is not None:
+            brightness.append(float(frame[24, 2].mean()))
+        assert len(brightness) == 60
+        assert np.corrcoef(brightness, np.arange(60) * 4)[0, 1] > 0.99  # the right pixels, in order
+    assert not list(shm.ROOT.glob(f"{shm.PREFIX}{os.getpid()}-*"))
