@@ -172,10 +172,11 @@ class Input:
 
     def next(self, timeout_ms: int) -> Message | None:
         """The next message to process, or None after ``timeout_ms`` without one."""
-        if self.leaky:
-            self._drain()
+        limit = None if self.leaky else 1
+        if self.leaky or not self.pending:
+            self._drain(limit)  # what has arrived already: a busy stage skips the poll
         if not self.pending and self.sock.poll(timeout_ms):
-            self._drain(limit=None if self.leaky else 1)
+            self._drain(limit)
         return self.pending.popleft() if self.pending else None
 
     def _drain(self, limit: int | None = None) -> None:
@@ -470,10 +471,19 @@ class _Loop:
     def _emit(self, msg: Message) -> None:
         msg.stamps[self.name] = time.time()
         self._encoded.clear()
+        held = msg.shared if msg.shared is not None and not msg.shared.released and msg.shared.array is msg.image else None
+        handoff = None  # the output that takes over the slot the image came in
+        if held is not None:
+            handoff = next((o for o in reversed(self.outputs) if o.image and o.codec == "shm"), None)
+        # The hand-off goes last: once a consumer has the slot it may free it at any moment, so
+        # every other output must have read the pixels before.
         sent = False
-        for out in self.outputs:
-            if out.image and out.codec == "shm" and msg.image is not None:
-                ok = self._send_shared(msg, out)
+        for out in [o for o in self.outputs if o is not handoff] + ([handoff] if handoff else []):
+            if out is handoff:
+                ok = out.send(encode(msg, "shm", shared_ref=held.ref))
+                held.released = ok  # the consumer releases it now; if dropped, we still do
+            elif out.image and out.codec == "shm" and msg.image is not None:
+                ok = self._send_copy(msg, out)
             else:
                 ok = out.send(self._frames(msg, out))
             if ok:
@@ -483,14 +493,8 @@ class _Loop:
         if sent or not self.outputs:
             self.metrics.frames_out += 1
 
-    def _send_shared(self, msg: Message, out: Output) -> bool:
-        """Send the image by reference: hand on the slot it came in, or write it to our ring."""
-        held = msg.shared
-        if held is not None and not held.released and held.array is msg.image:
-            if out.send(encode(msg, "shm", shared_ref=held.ref)):
-                held.released = True  # the consumer releases it now
-                return True
-            return False
+    def _send_copy(self, msg: Message, out: Output) -> bool:
+        """Write the image to this worker's ring and send the reference."""
         try:
             ref = self._put(msg.image, out)
         except OSError as exc:  # no room for a ring (a small /dev/shm): pixels go through the socket
@@ -528,7 +532,11 @@ class _Loop:
         key = (out.codec, out.image)
         if key not in self._encoded:  # encode once per form, even with several consumers
             codec = "raw" if out.codec == "shm" else out.codec  # shm links without image
-            self._encoded[key] = encode(msg if out.image else replace(msg, image=None), image_codec=codec)
+            wire = msg if out.image else replace(msg, image=None)
+            if out.image and codec == "raw" and msg.shared is not None:
+                # ZeroMQ reads raw buffers after send() returns, when the slot may be reused.
+                wire = replace(msg, image=msg.image.copy())
+            self._encoded[key] = encode(wire, image_codec=codec)
         return self._encoded[key]
 
     def _tick(self) -> None:
