@@ -533,7 +533,7 @@ class _Loop:
         if key not in self._encoded:  # encode once per form, even with several consumers
             codec = "raw" if out.codec == "shm" else out.codec  # shm links without image
             wire = msg if out.image else replace(msg, image=None)
-            if out.image and codec == "raw" and msg.shared is not None:
+            if out.image and codec == "raw" and msg.shared is not None and msg.shared.array is msg.image:
                 # ZeroMQ reads raw buffers after send() returns, when the slot may be reused.
                 wire = replace(msg, image=msg.image.copy())
             self._encoded[key] = encode(wire, image_codec=codec)
