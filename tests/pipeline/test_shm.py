@@ -108,24 +108,27 @@ def test_closing_unlinks_and_leftovers_of_dead_workers_are_removed():
     assert not leftover.exists()
 
 
-def test_two_renderers_fed_from_one_detector_both_get_every_frame(tmp_path):
-    # capture writes each frame once; detect hands its slot to one renderer and copies it for the other.
+def topology_on_clip(tmp_path, frames: int, step: int, consumers: list[dict]):
+    """capture (a clip whose frame i has brightness i * step) -> detect -> consumers."""
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))
-    for i in range(60):  # more frames than ring slots, so slots must come back
-        writer.write(np.full((48, 64, 3), i * 4, np.uint8))
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), i * step, np.uint8))
     writer.release()
-    config = {
-        "name": "tee",
-        "stages": [
-            {"name": "capture", "type": "capture", "params": {"source": str(clip), "pacing": "max"}},
-            {"name": "detect", "type": "detect", "inputs": ["capture"]},
-            {"name": "a", "type": "render", "inputs": ["detect"], "params": {"filename": "a.mp4"}},
-            {"name": "b", "type": "render", "inputs": ["detect"], "params": {"filename": "b.mp4"}},
-        ],
-    }
-    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
-    topology = load_topology(tmp_path / "t.yaml", tmp_path / "rt")
+    stages = [
+        {"name": "capture", "type": "capture", "params": {"source": str(clip), "pacing": "max"}},
+        {"name": "detect", "type": "detect", "inputs": ["capture"]},
+        *({"inputs": ["detect"], **consumer} for consumer in consumers),
+    ]
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "shm", "stages": stages}))
+    return load_topology(tmp_path / "t.yaml", tmp_path / "rt")
+
+
+def test_two_renderers_fed_from_one_detector_both_get_every_frame(tmp_path):
+    # capture writes each frame once; detect hands its slot to one renderer and copies it for the other.
+    # 60 frames: more than a ring's slots, so slots must come back.
+    renderers = [{"name": n, "type": "render", "params": {"filename": f"{n}.mp4"}} for n in ("a", "b")]
+    topology = topology_on_clip(tmp_path, 60, 4, renderers)
     assert {topology.codec(n, topology.stages[n].inputs[0]) for n in ("detect", "a", "b")} == {"shm"}
     result = ThreadLauncher(topology, {"out": str(tmp_path / "out")}).run()
     assert result.code == 0
@@ -141,3 +144,16 @@ def test_two_renderers_fed_from_one_detector_both_get_every_frame(tmp_path):
         assert len(brightness) == 60
         assert np.corrcoef(brightness, np.arange(60) * 4)[0, 1] > 0.99  # the right pixels, in order
     assert not list(shm.ROOT.glob(f"{shm.PREFIX}{os.getpid()}-*"))
+
+
+def test_without_room_in_shared_memory_frames_go_through_the_socket(tmp_path, monkeypatch, caplog):
+    import pipeline.runner
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline.runner, "FrameRing", no_room)
+    topology = topology_on_clip(tmp_path, 20, 10, [{"name": "log", "type": "log"}])
+    result = ThreadLauncher(topology, {"out": str(tmp_path / "out")}).run()
+    assert result.code == 0 and result.stages["log"]["frames_in"] == 20
+    assert "no shared memory for frames" in caplog.text
