@@ -44,7 +44,10 @@ _HEAD = 64
 
 
 class _Ring:
-    """The mapped file: a header, per-slot state/generation/time, then the slots."""
+    """The mapped file: a header, per-slot state/generation/time, then the slots.
+
+    Takes over ``fd`` and closes it once mapped.
+    """
 
     def __init__(self, path: Path, fd: int, slots: int, slot_bytes: int):
         self.path, self.slots, self.slot_bytes = path, slots, slot_bytes
@@ -89,7 +92,10 @@ class FrameRing:
             size = _data_offset(slots) + slots * slot_bytes
             # Reserve the pages now: on a full tmpfs (Docker's 64 MB /dev/shm) this fails here,
             # with an error, instead of a SIGBUS when a slot is first written.
-            os.posix_fallocate(fd, 0, size)
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+            else:  # macOS: sized, not reserved
+                os.ftruncate(fd, size)
             os.pwrite(fd, MAGIC + np.array([slots, slot_bytes], np.uint64).tobytes(), 0)
         except OSError:
             os.close(fd)
