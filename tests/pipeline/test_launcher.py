@@ -10,10 +10,11 @@ from pipeline.config import load_topology
 from pipeline.launcher import ThreadLauncher
 
 
-def make_video(path, frames: int) -> None:
+def make_video(path, frames: int, step: int = 1) -> None:
+    """A 64x48 clip whose frame i is uniformly gray at (i * step) % 250."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))
     for i in range(frames):
-        writer.write(np.full((48, 64, 3), i % 250, np.uint8))
+        writer.write(np.full((48, 64, 3), (i * step) % 250, np.uint8))
     writer.release()
 
 

@@ -14,6 +14,7 @@ from pipeline.errors import MessageError
 from pipeline.launcher import ThreadLauncher
 from pipeline.message import FORMAT_VERSION, Message, decode, encode
 from pipeline.shm import FrameRing, SharedFrames, remove_rings
+from tests.pipeline.test_launcher import make_video
 
 
 def image(value: int) -> np.ndarray:
@@ -111,10 +112,7 @@ def test_closing_unlinks_and_leftovers_of_dead_workers_are_removed():
 def topology_on_clip(tmp_path, frames: int, step: int, consumers: list[dict]):
     """capture (a clip whose frame i has brightness i * step) -> detect -> consumers."""
     clip = tmp_path / "clip.mp4"
-    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (64, 48))
-    for i in range(frames):
-        writer.write(np.full((48, 64, 3), i * step, np.uint8))
-    writer.release()
+    make_video(clip, frames, step)
     stages = [
         {"name": "capture", "type": "capture", "params": {"source": str(clip), "pacing": "max"}},
         {"name": "detect", "type": "detect", "inputs": ["capture"]},
