@@ -167,6 +167,8 @@ def list_stages():
 @click.option("--limit", type=click.IntRange(1), help="use at most N training images per class (quick runs)")
 @click.option("--seed", default=1234, show_default=True, type=int)
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="TensorFlow threads (0: all cores)")
+@click.option("--patience", default=6, show_default=True, type=click.IntRange(0), help="stop after N epochs without gain (0: never)")
+@click.option("--erase", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="random-erasing probability per face")
 @click.option("--resume", is_flag=True, help="continue the unfinished run in --out from its last epoch")
 @click.option("--export-only", is_flag=True, help="only export and evaluate the finished run in --out")
 @click.option(
@@ -174,7 +176,7 @@ def list_stages():
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="with --export-only: export these weights (e.g. an unfinished run's checkpoint/latest.weights.h5)",
 )
-def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads, resume, export_only, from_weights):
+def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, resume, export_only, from_weights):
     """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
     from train.train import TrainConfig, finalize, run_training
 
@@ -187,6 +189,8 @@ def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads,
         limit=limit,
         seed=seed,
         threads=threads,
+        patience=patience,
+        erase=erase,
         segmentation=segmentation == "on",
         resume=resume,
     )

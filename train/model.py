@@ -61,6 +61,30 @@ def photometric(x: tf.Tensor) -> tf.Tensor:
     return tf.concat([gray, rest], axis=-1)
 
 
+def random_erasing(x: tf.Tensor, prob: float, max_side: float = 0.4) -> tf.Tensor:
+    """Blank one random rectangle (sides up to ``max_side`` of the face) with noise, per face, with ``prob``.
+
+    Random erasing (Zhong et al., 2017) makes the net use the whole face instead of one cue
+    (an open mouth): occlusion by hands, microphones and glasses is common in real footage.
+    """
+    shape = tf.shape(x)
+    batch, size = shape[0], shape[1]
+    sizef = tf.cast(size, tf.float32)
+    h = tf.cast(tf.random.uniform([batch], 0.1, max_side) * sizef, tf.int32)
+    w = tf.cast(tf.random.uniform([batch], 0.1, max_side) * sizef, tf.int32)
+    y0 = tf.cast(tf.random.uniform([batch]) * tf.cast(size - h, tf.float32), tf.int32)
+    x0 = tf.cast(tf.random.uniform([batch]) * tf.cast(size - w, tf.float32), tf.int32)
+    rows = tf.range(size)[None, :, None]
+    cols = tf.range(size)[None, None, :]
+    inside = (
+        (rows >= y0[:, None, None]) & (rows < (y0 + h)[:, None, None]) & (cols >= x0[:, None, None]) & (cols < (x0 + w)[:, None, None])
+    )
+    apply = tf.random.uniform([batch, 1, 1]) < prob
+    mask = tf.cast(inside & apply, x.dtype)[..., None]
+    noise = tf.random.uniform(tf.shape(x), 0.0, 255.0, dtype=x.dtype)
+    return x * (1 - mask) + noise * mask
+
+
 def serving_model(members: list[keras.Model], mirror: bool = True) -> keras.Model:
     """Probabilities averaged over ``members`` and, with ``mirror``, over the face and its mirror.
 

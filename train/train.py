@@ -45,7 +45,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     class_weight_power: float = 0.5  # 0: none, 1: fully balanced; 0.5 trades little accuracy for minority recall
-    patience: int = 6
+    patience: int = 6  # epochs without a validation gain before stopping; 0 = never stop early
+    erase: float = 0.0  # probability of blanking a random rectangle of each training face (random erasing)
     segmentation: bool = False
     segmentation_k: int = 4
     seed: int = 1234
@@ -83,7 +84,7 @@ def run_training(cfg: TrainConfig) -> dict:
     import keras
     import tensorflow as tf
 
-    from train.model import build_augmenter, build_model, photometric
+    from train.model import build_augmenter, build_model, photometric, random_erasing
 
     if cfg.threads:
         tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
@@ -117,6 +118,8 @@ def run_training(cfg: TrainConfig) -> dict:
 
     def train_batch(x, y):
         x = photometric(augment(x, training=True))
+        if cfg.erase:
+            x = random_erasing(x, cfg.erase)
         return x, tf.one_hot(y, n_classes), tf.gather(weights.astype(np.float32), y)
 
     train_ds = (
@@ -155,7 +158,7 @@ def run_training(cfg: TrainConfig) -> dict:
         keras.callbacks.ModelCheckpoint(
             str(best_path), monitor="val_accuracy", mode="max", save_best_only=True, initial_value_threshold=best_so_far
         ),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience),
+        *([keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience)] if cfg.patience else []),
         keras.callbacks.CSVLogger(str(history_csv), append=cfg.resume),
     ]
     t_train = time.time()
