@@ -13,8 +13,8 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.errors import SourceError
-from pipeline.message import Message
-from pipeline.stage import Params, Stage
+from pipeline.streaming.message import Message
+from pipeline.streaming.stage import Params, Stage
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)

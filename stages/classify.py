@@ -6,10 +6,10 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.errors import ModelError
-from pipeline.faces import SEGMENTATION_VERSION, crop_face, model_input, segmentation_channel, to_gray
-from pipeline.message import Message
-from pipeline.model import METADATA_NAME, EmotionModel, ModelInfo, resolve_model_path
-from pipeline.stage import Params, Stage
+from pipeline.streaming.message import Message
+from pipeline.streaming.stage import Params, Stage
+from pipeline.vision.faces import SEGMENTATION_VERSION, crop_face, model_input, segmentation_channel, to_gray
+from pipeline.vision.model import METADATA_NAME, EmotionModel, ModelInfo, resolve_model_path
 
 
 class ClassifyParams(Params):

@@ -9,9 +9,9 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.errors import ModelError
-from pipeline.faces import to_gray
-from pipeline.message import Message
-from pipeline.stage import Params, Stage
+from pipeline.streaming.message import Message
+from pipeline.streaming.stage import Params, Stage
+from pipeline.vision.faces import to_gray
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 

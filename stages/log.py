@@ -15,9 +15,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from pipeline.faces import EMOTIONS
-from pipeline.message import Message
-from pipeline.stage import Params, Stage
+from pipeline.streaming.message import Message
+from pipeline.streaming.stage import Params, Stage
+from pipeline.vision.faces import EMOTIONS
 
 log = logging.getLogger(__name__)
 

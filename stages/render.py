@@ -12,8 +12,8 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.errors import PipelineError
-from pipeline.message import Message
-from pipeline.stage import Params, Stage
+from pipeline.streaming.message import Message
+from pipeline.streaming.stage import Params, Stage
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Render(Stage):
             raise PipelineError("render.output=window needs a display (DISPLAY is not set); use file or none")
         self.live = None
         if p.http_port is not None:
-            from stages.live import LiveServer
+            from pipeline.analytics.live import LiveServer
 
             try:
                 self.live = LiveServer(p.http_host, p.http_port)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from pipeline.faces import FACE_SIZE, crop_face, kmeans_in_one_thread, segment_face, to_gray
-from pipeline.message import Message
-from pipeline.stage import Params, Stage
+from pipeline.streaming.message import Message
+from pipeline.streaming.stage import Params, Stage
+from pipeline.vision.faces import FACE_SIZE, crop_face, kmeans_in_one_thread, segment_face, to_gray
 
 
 class SegmentParams(Params):

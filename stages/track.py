@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.message import Message
-from pipeline.stage import Params, Stage
+from pipeline.streaming.message import Message
+from pipeline.streaming.stage import Params, Stage
 
 
 class TrackParams(Params):

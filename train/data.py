@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.faces import EMOTIONS, FACE_SIZE, kmeans_in_one_thread, segment_face, segmentation_channel
+from pipeline.vision.faces import EMOTIONS, FACE_SIZE, kmeans_in_one_thread, segment_face, segmentation_channel
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.faces import crop_face, model_input
-from pipeline.model import EmotionModel
+from pipeline.vision.faces import crop_face, model_input
+from pipeline.vision.model import EmotionModel
 from stages.detect import detect_faces, load_cascade
 from train import report
 from train.data import list_image_folder, load_image_folder

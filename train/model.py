@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from pipeline.faces import FACE_SIZE
+from pipeline.vision.faces import FACE_SIZE
 
 
 def _conv(x, filters: int):
@@ -76,9 +76,8 @@ def random_erasing(x: tf.Tensor, prob: float, max_side: float = 0.4) -> tf.Tenso
     x0 = tf.cast(tf.random.uniform([batch]) * tf.cast(size - w, tf.float32), tf.int32)
     rows = tf.range(size)[None, :, None]
     cols = tf.range(size)[None, None, :]
-    inside = (
-        (rows >= y0[:, None, None]) & (rows < (y0 + h)[:, None, None]) & (cols >= x0[:, None, None]) & (cols < (x0 + w)[:, None, None])
-    )
+    in_rows = (rows >= y0[:, None, None]) & (rows < (y0 + h)[:, None, None])
+    inside = in_rows & (cols >= x0[:, None, None]) & (cols < (x0 + w)[:, None, None])
     apply = tf.random.uniform([batch, 1, 1]) < prob
     mask = tf.cast(inside & apply, x.dtype)[..., None]
     noise = tf.random.uniform(tf.shape(x), 0.0, 255.0, dtype=x.dtype)

@@ -22,14 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.faces import EMOTIONS, FACE_SIZE, SEGMENTATION_VERSION, model_input
-from pipeline.model import METADATA_NAME, TFLITE_NAME, EmotionModel
+from pipeline.vision.faces import EMOTIONS, FACE_SIZE, SEGMENTATION_VERSION, model_input
+from pipeline.vision.model import METADATA_NAME, TFLITE_NAME, EmotionModel
 from train import report
 from train.data import FaceSet, load_splits, segmentation_channels
 
 log = logging.getLogger(__name__)
 
-PREPROCESSING = "gray face crop resized to 48x48 (pipeline.faces.crop_face), raw 0..255 float32; scaling is inside the model"
+PREPROCESSING = (
+    "gray face crop resized to 48x48 (pipeline.vision.faces.crop_face), raw 0..255 float32; scaling is inside the model"
+)
 CACHE_DIR = Path(os.environ.get("EMOTION_CACHE", Path.home() / ".cache" / "emotion-pipeline"))
 
 
@@ -208,7 +210,7 @@ def finalize(
         "segmentation": {
             "enabled": cfg.segmentation,
             "k": cfg.segmentation_k if cfg.segmentation else 0,
-            "function": "pipeline.faces.segment_face",
+            "function": "pipeline.vision.faces.segment_face",
             "version": SEGMENTATION_VERSION if cfg.segmentation else None,
         },
         "parameters": int(best.count_params()),

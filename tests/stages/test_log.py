@@ -2,7 +2,7 @@ import sqlite3
 
 import numpy as np
 
-from pipeline.message import Message
+from pipeline.streaming.message import Message
 from stages.log import SCHEMA_VERSION, Log, LogParams
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.faces import crop_face, model_input, segment_face, segmentation_channel
+from pipeline.vision.faces import crop_face, model_input, segment_face, segmentation_channel
 
 
 def synthetic_face() -> np.ndarray:

@@ -1,7 +1,7 @@
 import numpy as np
 
-from pipeline.faces import EMOTIONS
-from pipeline.message import Message
+from pipeline.streaming.message import Message
+from pipeline.vision.faces import EMOTIONS
 from stages.track import Track, Tracker, TrackParams, iou
 
 

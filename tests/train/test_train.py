@@ -57,7 +57,7 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
         assert (out / name).exists(), name
     meta = json.loads((out / "model.json").read_text())
     assert meta["channels"] == 2
-    assert meta["segmentation"] == {"enabled": True, "k": 4, "function": "pipeline.faces.segment_face", "version": 2}
+    assert meta["segmentation"] == {"enabled": True, "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2}
     assert meta["evaluation"]["split"] == "test (PrivateTest)" and meta["evaluation"]["n"] == 42
 
     result = subprocess.run(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.faces import EMOTIONS
+from pipeline.vision.faces import EMOTIONS
 
 # How emotions add up to a positive / negative / neutral summary.
 VALENCE = {

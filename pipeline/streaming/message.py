@@ -3,7 +3,7 @@
 A message is a ZeroMQ multipart: frame 0 is a small msgpack header, the following frames are
 raw array buffers (the image, segmentation label maps), sent without copying. Links between
 machines can JPEG-encode the image instead; links on one machine can leave it in shared
-memory and send a reference (``pipeline.shm``). End-of-stream travels in-band as a message of
+memory and send a reference (``pipeline.streaming.shm``). End-of-stream travels in-band as a message of
 kind ``eos``. Decoding never trusts the sender: sizes are bounded and every buffer must match
 the shape and dtype its header claims, otherwise ``MessageError`` names what is wrong.
 No pickle anywhere.
@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.errors import MessageError
 
 if TYPE_CHECKING:
-    from pipeline.shm import SharedFrames, SharedImage
+    from pipeline.streaming.shm import SharedFrames, SharedImage
 
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB of msgpack is far more than any real header
@@ -87,7 +87,7 @@ def encode(
         image_codec: ``raw`` (zero-copy buffer), ``jpeg`` (about 10x smaller, for links
             between machines) or ``shm`` (a reference to shared memory, ``shared_ref``).
         jpeg_quality: 1..100, with ``jpeg``.
-        shared_ref: with ``shm``: where the image is (``pipeline.shm.FrameRing.put``).
+        shared_ref: with ``shm``: where the image is (``pipeline.streaming.shm.FrameRing.put``).
     """
     buffers: list[bytes | memoryview] = []
 

@@ -44,7 +44,7 @@ class _EventSink:
         self.printed = 0.0
 
     def __call__(self, event: dict) -> None:
-        from pipeline.metrics import format_table, summarise
+        from pipeline.streaming.metrics import format_table, summarise
 
         if self.collector is not None:
             self.collector.update(event)
@@ -82,9 +82,9 @@ class _EventSink:
 @click.option("-v", "--verbose", is_flag=True)
 def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_port, max_restarts, verbose):
     """Run the pipeline described by CONFIG until its sources end (or Ctrl-C)."""
-    from pipeline.config import load_topology
-    from pipeline.launcher import ProcessLauncher, install_signal_handlers
-    from pipeline.metrics import format_table
+    from pipeline.streaming.launcher import ProcessLauncher, install_signal_handlers
+    from pipeline.streaming.metrics import format_table
+    from pipeline.streaming.topology import load_topology
 
     level = _setup_logging(verbose)
     own_runtime = runtime_dir is None
@@ -98,7 +98,7 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
 
         collector = None
         if metrics_port:
-            from pipeline.prometheus import serve
+            from pipeline.streaming.prometheus import serve
 
             collector = serve(metrics_port)
         launcher = ProcessLauncher(
@@ -127,7 +127,7 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
 @click.option("--source")
 def validate(config, overrides, source):
     """Check CONFIG without starting anything."""
-    from pipeline.config import load_topology
+    from pipeline.streaming.topology import load_topology
 
     try:
         topology = load_topology(config, tempfile.gettempdir(), list(overrides), source)
@@ -143,7 +143,7 @@ def validate(config, overrides, source):
 @main.command("stages")
 def list_stages():
     """List the registered stage types and their params."""
-    from pipeline import registry
+    from pipeline.streaming import registry
 
     for type_name in sorted(registry.available()):
         cls = registry.get(type_name)
@@ -167,7 +167,7 @@ def list_stages():
 @click.option("--limit", type=click.IntRange(1), help="use at most N training images per class (quick runs)")
 @click.option("--seed", default=1234, show_default=True, type=int)
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="TensorFlow threads (0: all cores)")
-@click.option("--patience", default=6, show_default=True, type=click.IntRange(0), help="stop after N epochs without gain (0: never)")
+@click.option("--patience", default=6, type=click.IntRange(0), help="epochs with no gain before stopping (0: never)")
 @click.option("--erase", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="random-erasing probability per face")
 @click.option("--resume", is_flag=True, help="continue the unfinished run in --out from its last epoch")
 @click.option("--export-only", is_flag=True, help="only export and evaluate the finished run in --out")
@@ -176,7 +176,9 @@ def list_stages():
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="with --export-only: export these weights (e.g. an unfinished run's checkpoint/latest.weights.h5)",
 )
-def train(data, out_dir, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, resume, export_only, from_weights):
+def train(
+    data, out_dir, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, resume, export_only, from_weights
+):  # noqa: E501
     """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
     from train.train import TrainConfig, finalize, run_training
 
@@ -258,7 +260,7 @@ def evaluate(data, model, detect, prefix, as_json):
 @click.option("--bin", "bin_s", default=1.0, show_default=True, type=click.FloatRange(0.01), help="seconds per time bin")
 def report(db, out_dir, bin_s):
     """Write an HTML report with plots and CSV exports from an emotion log (also while it is written)."""
-    from pipeline.report import write_report
+    from pipeline.analytics.report import write_report
 
     try:
         path = write_report(db, out_dir, bin_s)
@@ -279,7 +281,7 @@ def report(db, out_dir, bin_s):
 )
 def bench(config, source, paced_fps, frames, as_json, plot, codec):
     """Measure throughput, latency, CPU and memory of CONFIG against a sequential baseline."""
-    from pipeline.bench import format_bench, plot_bench, run_bench
+    from pipeline.tools.bench import format_bench, plot_bench, run_bench
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:

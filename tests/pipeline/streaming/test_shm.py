@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import shm
-from pipeline.config import load_topology
 from pipeline.errors import MessageError
-from pipeline.launcher import ThreadLauncher
-from pipeline.message import FORMAT_VERSION, Message, decode, encode
-from pipeline.shm import FrameRing, SharedFrames, remove_rings
-from tests.pipeline.test_launcher import make_video
+from pipeline.streaming import shm
+from pipeline.streaming.launcher import ThreadLauncher
+from pipeline.streaming.message import FORMAT_VERSION, Message, decode, encode
+from pipeline.streaming.shm import FrameRing, SharedFrames, remove_rings
+from pipeline.streaming.topology import load_topology
+from tests.pipeline.streaming.test_launcher import make_video
 
 
 def image(value: int) -> np.ndarray:
@@ -145,12 +145,12 @@ def test_two_renderers_fed_from_one_detector_both_get_every_frame(tmp_path):
 
 
 def test_without_room_in_shared_memory_frames_go_through_the_socket(tmp_path, monkeypatch, caplog):
-    import pipeline.runner
+    import pipeline.streaming.runner
 
     def no_room(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.runner, "FrameRing", no_room)
+    monkeypatch.setattr(pipeline.streaming.runner, "FrameRing", no_room)
     topology = topology_on_clip(tmp_path, 20, 10, [{"name": "log", "type": "log"}])
     result = ThreadLauncher(topology, {"out": str(tmp_path / "out")}).run()
     assert result.code == 0 and result.stages["log"]["frames_in"] == 20

@@ -26,13 +26,13 @@ import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from pipeline.config import InputConfig, Topology
 from pipeline.errors import MessageError, PipelineError
-from pipeline.message import Message, decode, encode
-from pipeline.metrics import StageMetrics
-from pipeline.reorder import ReorderBuffer
-from pipeline.shm import FrameRing, SharedFrames
-from pipeline.stage import Stage
+from pipeline.streaming.message import Message, decode, encode
+from pipeline.streaming.metrics import StageMetrics
+from pipeline.streaming.reorder import ReorderBuffer
+from pipeline.streaming.shm import FrameRing, SharedFrames
+from pipeline.streaming.stage import Stage
+from pipeline.streaming.topology import InputConfig, Topology
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import InputConfig, Topology, load_topology
-from pipeline.launcher import ProcessLauncher, RunResult
-from pipeline.metrics import percentile
+from pipeline.streaming.launcher import ProcessLauncher, RunResult
+from pipeline.streaming.metrics import percentile
+from pipeline.streaming.topology import InputConfig, Topology, load_topology
 
 log = logging.getLogger(__name__)
 

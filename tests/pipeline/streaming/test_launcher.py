@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import yaml
 
-from pipeline.config import load_topology
-from pipeline.launcher import ThreadLauncher
+from pipeline.streaming.launcher import ThreadLauncher
+from pipeline.streaming.topology import load_topology
 
 
 def make_video(path, frames: int, step: int = 1) -> None:

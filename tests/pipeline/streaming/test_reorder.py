@@ -1,7 +1,7 @@
 import time
 
-from pipeline.message import Message
-from pipeline.reorder import ReorderBuffer
+from pipeline.streaming.message import Message
+from pipeline.streaming.reorder import ReorderBuffer
 
 
 def msg(seq: int, stream: str = "s") -> Message:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import MessageError
-from pipeline.message import FORMAT_VERSION, Message, decode, encode
+from pipeline.streaming.message import FORMAT_VERSION, Message, decode, encode
 
 
 def frame_message() -> Message:

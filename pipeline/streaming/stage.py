@@ -1,6 +1,6 @@
 """The stage API: a stage transforms one message at a time and knows nothing of sockets.
 
-The runner (``pipeline.runner``) owns the sockets, the loop, metrics and error handling.
+The runner (``pipeline.streaming.runner``) owns the sockets, the loop, metrics and error handling.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.message import Message
+from pipeline.streaming.message import Message
 
 
 class Params(BaseModel):

@@ -20,10 +20,10 @@ import cv2
 import msgpack
 import zmq
 
-from pipeline.config import Topology
-from pipeline.metrics import summarise
-from pipeline.runner import run_worker
-from pipeline.shm import remove_rings
+from pipeline.streaming.metrics import summarise
+from pipeline.streaming.runner import run_worker
+from pipeline.streaming.shm import remove_rings
+from pipeline.streaming.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.errors import ModelError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "default"
 TFLITE_NAME = "emotion.tflite"
 METADATA_NAME = "model.json"

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import load_topology
 from pipeline.errors import ConfigError
+from pipeline.streaming.topology import load_topology
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
@@ -170,7 +170,7 @@ def with_segmentation(model_dir: Path, tmp_path: Path, enabled: bool) -> Path:
     shutil.copytree(model_dir, copy)
     meta = json.loads((copy / "model.json").read_text())
     meta["channels"] = 2 if enabled else 1
-    meta["segmentation"] = {"enabled": enabled, "k": 4 if enabled else 0, "function": "pipeline.faces.segment_face",
+    meta["segmentation"] = {"enabled": enabled, "k": 4 if enabled else 0, "function": "pipeline.vision.faces.segment_face",
                             "version": 2 if enabled else None}  # fmt: skip
     (copy / "model.json").write_text(json.dumps(meta))
     return copy

@@ -4,10 +4,10 @@ import sqlite3
 import numpy as np
 import pytest
 
+from pipeline.analytics.report import write_report
 from pipeline.errors import PipelineError
-from pipeline.faces import EMOTIONS
-from pipeline.message import Message
-from pipeline.report import write_report
+from pipeline.streaming.message import Message
+from pipeline.vision.faces import EMOTIONS
 from stages.log import Log, LogParams
 
 

@@ -1,6 +1,6 @@
 from prometheus_client import CollectorRegistry, generate_latest
 
-from pipeline.prometheus import StageCollector
+from pipeline.streaming.prometheus import StageCollector
 
 
 def test_worker_figures_become_prometheus_metrics():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from pipeline.message import Message
+from pipeline.streaming.message import Message
 
 
 class ReorderBuffer:

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipeline import registry
 from pipeline.errors import ConfigError
-from pipeline.stage import Params, Stage
+from pipeline.streaming import registry
+from pipeline.streaming.stage import Params, Stage
 
 Policy = Literal["block", "drop-oldest"]
 

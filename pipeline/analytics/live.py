@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.message import Message
+from pipeline.streaming.message import Message
 
 BOUNDARY = b"frame"
 WINDOW = 60  # frames over which the dashboard's figures are computed
