@@ -12,6 +12,10 @@ sent to two consumers that both use pixels is written once more for the second. 
 whose holder vanished (a worker killed with frames in its queue) is reclaimed after
 ``RECLAIM_S``; its generation number changes, so a reader that still held it finds out
 (``intact``) instead of using overwritten pixels.
+
+``/dev/shm`` is shared by every local user, so a ring must not be one they prepared: the writer
+creates its file exclusively (no symlink followed, mode 0600) under a name with a random part,
+and a reader maps only a regular file of its own uid that nobody else may read or write.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import logging
 import mmap
 import os
 import re
+import secrets
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -85,17 +91,12 @@ class FrameRing:
     """The ring one worker writes its outgoing frames to (only this worker allocates slots)."""
 
     def __init__(self, label: str, slot_bytes: int, slots: int = SLOTS):
-        name = f"{PREFIX}{os.getpid()}-{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}-{slot_bytes}"
+        # The pid first, for remove_rings; the random part so that nobody can plant a file there.
+        safe_label = re.sub(r"[^A-Za-z0-9_.-]", "_", label)
+        name = f"{PREFIX}{os.getpid()}-{safe_label}-{slot_bytes}-{secrets.token_hex(8)}"
         path = ROOT / name
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = create_ring_file(path, _data_offset(slots) + slots * slot_bytes)
         try:
-            size = _data_offset(slots) + slots * slot_bytes
-            # Reserve the pages now: on a full tmpfs (Docker's 64 MB /dev/shm) this fails here,
-            # with an error, instead of a SIGBUS when a slot is first written.
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, size)
-            else:  # macOS: sized, not reserved
-                os.ftruncate(fd, size)
             os.pwrite(fd, MAGIC + np.array([slots, slot_bytes], np.uint64).tobytes(), 0)
         except OSError:
             os.close(fd)
@@ -178,18 +179,61 @@ class SharedFrames:
         if len(self._rings) >= MAX_RINGS:
             raise MessageError(f"{where}: more than {MAX_RINGS} shared-memory rings")
         path = ROOT / name
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError as exc:
-            raise MessageError(f"{where}: cannot open shared memory {path}: {exc.strerror}") from None
+        fd, size = _open_own(path, where)
         head = os.pread(fd, 24, 0)
-        size = os.fstat(fd).st_size
         slots, slot_bytes = (int(v) for v in np.frombuffer(head[8:24], np.uint64)) if len(head) == 24 else (0, 0)
         if head[:8] != MAGIC or not 0 < slots <= 4096 or size != _data_offset(slots) + slots * slot_bytes:
             os.close(fd)
             raise MessageError(f"{where}: {path} is not a frame ring")
         self._rings[name] = ring = _Ring(path, fd, slots, slot_bytes)
         return ring
+
+
+def create_ring_file(path: Path, size: int) -> int:
+    """Create ``path`` (mode 0600) with ``size`` bytes reserved and return its fd.
+
+    Raises:
+        FileExistsError: something is already there (a file or a symlink, which is not followed).
+        OSError: no room for ``size`` bytes; the file is removed again.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDWR, 0o600)
+    try:
+        # Reserve the pages now: on a full tmpfs (Docker's 64 MB /dev/shm) this fails here,
+        # with an error, instead of a SIGBUS when a slot is first written.
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:  # macOS: sized, not reserved
+            os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return fd
+
+
+def _open_own(path: Path, where: str) -> tuple[int, int]:
+    """Open a ring file for mapping and return its fd and size, or MessageError.
+
+    Only a regular file of this uid without group/other permissions: anything else may be
+    read or rewritten by another user. The checks are on the open fd, so the file cannot be
+    swapped between check and use.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise MessageError(f"{where}: cannot open shared memory {path}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    reason = None
+    if not stat.S_ISREG(st.st_mode):
+        reason = "not a regular file"
+    elif st.st_uid != os.geteuid():
+        reason = f"owned by uid {st.st_uid}, not {os.geteuid()}"
+    elif st.st_mode & 0o077:
+        reason = f"mode {stat.S_IMODE(st.st_mode):04o} lets other users in"
+    if reason:
+        os.close(fd)
+        raise MessageError(f"{where}: refused shared memory {path}: {reason}")
+    return fd, st.st_size
 
 
 def remove_rings(pids: set[int]) -> None:

@@ -1,4 +1,4 @@
-"""Frames through shared memory: slots, ownership, reclaiming, bad references, a threaded tee."""
+"""Frames through shared memory: slots, ownership, reclaiming, bad references, other users' files, a threaded tee."""
 
 import os
 
@@ -92,6 +92,7 @@ def test_bad_references_are_message_errors_naming_the_frame(ring, ref, fragment)
 def test_a_file_that_is_not_a_ring_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(shm, "ROOT", tmp_path)
     (tmp_path / "emopipe-1-fake").write_bytes(b"x" * 200)
+    (tmp_path / "emopipe-1-fake").chmod(0o600)  # one of ours, only not a ring
     with pytest.raises(MessageError, match="is not a frame ring"):
         spec = {"ring": "emopipe-1-fake", "slot": 0, "gen": 1, "codec": "shm", "shape": [1, 1, 3], "dtype": "uint8"}
         decode(header(spec), SharedFrames())
@@ -107,6 +108,74 @@ def test_closing_unlinks_and_leftovers_of_dead_workers_are_removed():
     leftover.write_bytes(b"")
     remove_rings({999999999})
     assert not leftover.exists()
+
+
+def predictable_name(label: str, slot_bytes: int) -> str:
+    """The name a ring used to get: another user could plant a file there in advance."""
+    return f"{shm.PREFIX}{os.getpid()}-{label}-{slot_bytes}"
+
+
+def test_a_planted_symlink_is_never_followed(tmp_path, monkeypatch):
+    monkeypatch.setattr(shm, "ROOT", tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / predictable_name("test", image(0).nbytes)).symlink_to(victim)
+    ring = FrameRing("test", image(0).nbytes, slots=4)
+    ring.put(image(7))
+    ring.close()
+    assert victim.read_bytes() == b"precious"
+    link = tmp_path / "emopipe-link"
+    link.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        shm.create_ring_file(link, 4096)
+    assert victim.read_bytes() == b"precious"
+
+
+def test_rings_are_created_private_and_a_planted_file_is_not_adopted(tmp_path, monkeypatch):
+    monkeypatch.setattr(shm, "ROOT", tmp_path)
+    planted = tmp_path / predictable_name("test", 64)
+    planted.write_bytes(b"mine")
+    planted.chmod(0o666)
+    old_umask = os.umask(0)  # the mode must come from the code, not from the umask
+    try:
+        ring = FrameRing("test", 64)
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / ring.name).stat().st_mode & 0o777 == 0o600
+    assert planted.read_bytes() == b"mine"
+    ring.close()
+
+
+def test_two_rings_of_one_stage_get_different_names_that_remove_rings_finds(tmp_path, monkeypatch):
+    monkeypatch.setattr(shm, "ROOT", tmp_path)
+    rings = [FrameRing("detect", 64), FrameRing("detect", 64)]
+    assert rings[0].name != rings[1].name
+    remove_rings({os.getpid()})
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("attack", ["mode 0666", "another uid", "symlink"])
+def test_a_reader_refuses_a_ring_another_user_can_reach(tmp_path, monkeypatch, attack):
+    monkeypatch.setattr(shm, "ROOT", tmp_path)
+    ring = FrameRing("test", image(0).nbytes, slots=4)
+    ref = ring.put(image(7))
+    path = tmp_path / ring.name
+    if attack == "mode 0666":
+        path.chmod(0o666)
+        fragment = "mode 0666"
+    elif attack == "another uid":
+        if os.geteuid() != 0:
+            pytest.skip("giving a file to another uid needs root")
+        os.chown(path, 65534, 65534)
+        fragment = "owned by uid 65534"
+    else:
+        (tmp_path / "emopipe-1-link").symlink_to(path)
+        ref["ring"] = "emopipe-1-link"
+        fragment = "cannot open shared memory"
+    with pytest.raises(MessageError, match=fragment) as err:
+        decode(encode(Message(seq=3, image=image(7)), "shm", shared_ref=ref), SharedFrames())
+    assert ref["ring"] in str(err.value)
+    ring.close()
 
 
 def topology_on_clip(tmp_path, frames: int, step: int, consumers: list[dict]):
