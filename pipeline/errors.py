@@ -1,4 +1,15 @@
-"""One exception hierarchy for the whole project."""
+"""One exception hierarchy for the whole project, and the exit codes the CLI ends with."""
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """How a command or a worker ended."""
+
+    OK = 0
+    FAILED = 1  # a worker crashed past its restart limit, or data was lost
+    CONFIG = 2  # bad configuration, input or usage: reported before anything ran, or fatal at start
+    INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM
 
 
 class PipelineError(Exception):

@@ -75,6 +75,7 @@ class Capture(Stage):
     Params = CaptureParams
     provides = frozenset({"image"})
     is_source = True
+    _source: cv2.VideoCapture | list[Path] | None = None  # set by on_start
 
     def on_start(self) -> None:
         p: CaptureParams = self.params
@@ -109,5 +110,5 @@ class Capture(Stage):
                 self._source.set(cv2.CAP_PROP_POS_FRAMES, 0)
 
     def on_stop(self) -> None:
-        if isinstance(getattr(self, "_source", None), cv2.VideoCapture):
+        if isinstance(self._source, cv2.VideoCapture):
             self._source.release()

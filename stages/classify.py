@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.errors import ModelError
 from pipeline.streaming.message import Message
-from pipeline.streaming.stage import Params, Stage
+from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
 from pipeline.vision.faces import SEGMENTATION_VERSION, crop_face, model_input, segmentation_channel, to_gray
 from pipeline.vision.model import METADATA_NAME, EmotionModel, ModelInfo, resolve_model_path
+from pipeline.vision.record import faces_of
 
 
 class ClassifyParams(Params):
@@ -27,21 +31,30 @@ class ClassifyParams(Params):
         return value
 
 
-def model_info(params: ClassifyParams) -> ModelInfo:
-    return ModelInfo.load(resolve_model_path(params.model) / METADATA_NAME)
-
-
 class Classify(Stage):
     """Adds ``probs``, ``emotion`` and ``confidence`` to every face."""
 
     Params = ClassifyParams
-    requires = frozenset({"image", "faces"})
-    provides = frozenset({"emotions"})
+    requires = frozenset({IMAGE, "box"})
+    provides = frozenset({"probs", "emotion", "confidence"})
 
     @classmethod
-    def requirements(cls, params: ClassifyParams) -> frozenset[str]:
-        # A model trained with the K-means channel needs a segment stage upstream.
-        return cls.requires | ({"seg"} if model_info(params).segmentation else set())
+    def contract(cls, params: ClassifyParams, upstream: Mapping[str, Any]) -> Contract:
+        """Reads ``model.json`` (once): the class names are fixed for the run from it.
+
+        A model trained with the K-means channel needs a segment stage upstream, with the k
+        it was trained with.
+        """
+        try:
+            path = resolve_model_path(params.model)
+            info = ModelInfo.load(path / METADATA_NAME)
+        except ModelError as exc:
+            raise ValueError(str(exc)) from None
+        k = upstream.get("segmentation_k")
+        if info.segmentation and k is not None and k != info.segmentation_k:
+            raise ValueError(f"model {path} was trained with segmentation k={info.segmentation_k}, the segment stage uses k={k}")
+        requires = cls.requires | ({"seg"} if info.segmentation else set())
+        return Contract(requires, cls.provides, {"classes": list(info.classes), "model": str(path)})
 
     def on_start(self) -> None:
         self.model = EmotionModel(self.params.model, threads=self.params.threads)
@@ -57,27 +70,23 @@ class Classify(Stage):
         self.model.predict(np.zeros((1, size, size, self.info.channels), np.float32))
 
     def process(self, msg: Message) -> Message:
-        if not msg.faces:
+        faces = faces_of(msg)
+        if not faces:
             return msg
         gray = to_gray(msg.image)
-        faces = np.stack([crop_face(gray, face["box"]) for face in msg.faces])
+        crops = np.stack([crop_face(gray, face.box) for face in faces])
         seg = None
         if self.info.segmentation:
-            seg = np.stack([self._seg_channel(face) for face in msg.faces])
-        probs = self.model.predict(model_input(faces, seg))
-        for face, p in zip(msg.faces, probs):
+            seg = np.stack([segmentation_channel(self._seg(face.seg), self.info.segmentation_k) for face in faces])
+        probs = self.model.predict(model_input(crops, seg))
+        for face, p in zip(faces, probs):
             best = int(p.argmax())
-            face["probs"] = [round(float(v), 5) for v in p]
-            face["confidence"] = round(float(p[best]), 5)
-            face["emotion"] = self.info.classes[best] if p[best] >= self.params.min_confidence else "uncertain"
-        msg.meta["classes"] = list(self.info.classes)
+            face.probs = [round(float(v), 5) for v in p]
+            face.confidence = round(float(p[best]), 5)
+            face.emotion = self.info.classes[best] if p[best] >= self.params.min_confidence else "uncertain"
         return msg
 
-    def _seg_channel(self, face: dict) -> np.ndarray:
-        if face.get("seg") is None:
-            raise ModelError(f"model {self.model.path} needs the segmentation channel, but a face has no 'seg'")
-        if face.get("k") != self.info.segmentation_k:
-            raise ModelError(
-                f"model {self.model.path} was trained with k={self.info.segmentation_k}, the segment stage uses k={face.get('k')}"
-            )
-        return segmentation_channel(face["seg"], self.info.segmentation_k)
+    def _seg(self, seg: np.ndarray | None) -> np.ndarray:
+        if seg is None:  # the topology guarantees a segment stage; a face without one is malformed
+            raise ValueError("a face has no segmentation ('seg'), which this model needs")
+        return seg

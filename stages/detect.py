@@ -10,8 +10,9 @@ from pydantic import Field, field_validator
 
 from pipeline.errors import ModelError
 from pipeline.streaming.message import Message
-from pipeline.streaming.stage import Params, Stage
+from pipeline.streaming.stage import IMAGE, Params, Stage
 from pipeline.vision.faces import to_gray
+from pipeline.vision.record import FACES, Face
 
 DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -81,8 +82,8 @@ class Detect(Stage):
     """Adds ``faces`` (boxes) to each frame."""
 
     Params = DetectParams
-    requires = frozenset({"image"})
-    provides = frozenset({"faces"})
+    requires = frozenset({IMAGE})
+    provides = frozenset({"box"})
 
     def on_start(self) -> None:
         self._classifier = load_cascade(self.params.cascade)
@@ -92,5 +93,5 @@ class Detect(Stage):
         boxes = detect_faces(
             to_gray(msg.image), self._classifier, p.scale_factor, p.min_neighbors, p.min_size, p.detect_width, p.equalize
         )
-        msg.faces = [{"box": box} for box in boxes]
+        msg.fields[FACES] = [Face(box=box) for box in boxes]
         return msg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -18,14 +19,20 @@ from pydantic import Field
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import Params, Stage
 from pipeline.vision.faces import EMOTIONS
+from pipeline.vision.record import faces_of
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-PROB_COLUMNS = [f"p_{name}" for name in EMOTIONS]  # the frame's own probabilities
-SMOOTH_COLUMNS = [f"s_{name}" for name in EMOTIONS]  # smoothed over the track (NULL without a track stage)
 
-SCHEMA = f"""
+
+def schema(classes: list[str]) -> str:
+    """The tables; ``p_<class>`` hold the frame's own probabilities, ``s_<class>`` the smoothed ones."""
+    columns = [f"{prefix}_{re.sub(r'[^A-Za-z0-9_]', '_', name)} REAL" for prefix in ("p", "s") for name in classes]
+    return SCHEMA.replace("{probabilities}", ", ".join(columns))
+
+
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS detections (
     stream TEXT NOT NULL,
     frame INTEGER NOT NULL,
@@ -36,7 +43,7 @@ CREATE TABLE IF NOT EXISTS detections (
     emotion TEXT,
     confidence REAL,
     emotion_raw TEXT,
-    {", ".join(f"{c} REAL" for c in PROB_COLUMNS + SMOOTH_COLUMNS)}
+    {probabilities}
 );
 CREATE INDEX IF NOT EXISTS detections_stream_frame ON detections (stream, frame);
 CREATE TABLE IF NOT EXISTS frames (
@@ -62,22 +69,25 @@ class Log(Stage):
     """Writes detections to ``OUT/emotions.sqlite`` (table ``detections``, schema version 1)."""
 
     Params = LogParams
-    requires = frozenset({"faces"})
+    requires = frozenset({"box"})
     is_sink = True
     ordered_input = True
+    _db: sqlite3.Connection | None = None  # set by on_start
 
     def on_start(self) -> None:
         p: LogParams = self.params
-        out = Path(self.context.get("out", "."))
+        out = Path(self.context.out)
         out.mkdir(parents=True, exist_ok=True)
+        # The model fixes the classes for the run; without a classifier the columns stay FER's.
+        self.classes = list(self.context.run.get("classes", EMOTIONS))
         self.path = out / p.database
         self._db = sqlite3.connect(self.path, timeout=p.busy_timeout_s)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers (reports) never block the writer
-        self._db.executescript(SCHEMA)
+        self._db.executescript(schema(self.classes))
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-            [("schema_version", str(SCHEMA_VERSION)), ("classes", json.dumps(EMOTIONS))],
+            [("schema_version", str(SCHEMA_VERSION)), ("classes", json.dumps(self.classes))],
         )
         self._db.commit()
         self._jsonl = open(out / p.jsonl, "a") if p.jsonl else None  # noqa: SIM115 - open until on_stop
@@ -88,27 +98,28 @@ class Log(Stage):
 
     def process(self, msg: Message) -> None:
         latency = (time.time() - msg.ts) * 1000
-        self._frames.append((msg.stream, msg.seq, msg.ts, len(msg.faces), round(latency, 2)))
-        for i, face in enumerate(msg.faces):
-            x, y, w, h = face["box"]
-            probs = face.get("probs") or [None] * len(EMOTIONS)
-            smoothed = face.get("smoothed") or [None] * len(EMOTIONS)
-            raw = face.get("emotion_raw", face.get("emotion"))
-            row = (msg.stream, msg.seq, msg.ts, i, face.get("track"), x, y, w, h)  # fmt: skip
-            self._detections.append((*row, face.get("emotion"), face.get("confidence"), raw, *probs, *smoothed))
+        faces = faces_of(msg)
+        self._frames.append((msg.stream, msg.seq, msg.ts, len(faces), round(latency, 2)))
+        n = len(self.classes)
+        for i, face in enumerate(faces):
+            probs = face.probs if face.probs and len(face.probs) == n else [None] * n
+            smoothed = face.smoothed if face.smoothed and len(face.smoothed) == n else [None] * n
+            raw = face.emotion_raw or face.emotion
+            row = (msg.stream, msg.seq, msg.ts, i, face.track, *face.box)
+            self._detections.append((*row, face.emotion, face.confidence, raw, *probs, *smoothed))
             if self._jsonl is not None:
                 record = {
                     "stream": msg.stream,
                     "frame": msg.seq,
                     "ts": msg.ts,
                     "face": i,
-                    "track": face.get("track"),
-                    "box": face["box"],
-                    "emotion": face.get("emotion"),
-                    "confidence": face.get("confidence"),
+                    "track": face.track,
+                    "box": face.box,
+                    "emotion": face.emotion,
+                    "confidence": face.confidence,
                     "emotion_raw": raw,
-                    "probs": dict(zip(EMOTIONS, face["probs"])) if face.get("probs") else None,
-                    "smoothed": dict(zip(EMOTIONS, face["smoothed"])) if face.get("smoothed") else None,
+                    "probs": dict(zip(self.classes, face.probs)) if face.probs else None,
+                    "smoothed": dict(zip(self.classes, face.smoothed)) if face.smoothed else None,
                 }
                 self._jsonl.write(json.dumps(record) + "\n")
         if len(self._detections) >= self.params.batch_rows or time.monotonic() - self._last_flush >= self.params.flush_s:
@@ -120,7 +131,7 @@ class Log(Stage):
         self._last_flush = time.monotonic()
         if not self._detections and not self._frames:
             return True
-        placeholders = ", ".join("?" * (12 + 2 * len(EMOTIONS)))
+        placeholders = ", ".join("?" * (12 + 2 * len(self.classes)))
         try:
             with self._db:  # one transaction
                 self._db.executemany(f"INSERT INTO detections VALUES ({placeholders})", self._detections)
@@ -141,7 +152,7 @@ class Log(Stage):
         self.flush()
 
     def on_stop(self) -> None:
-        if getattr(self, "_db", None) is None:
+        if self._db is None:
             return
         for attempt in range(5):
             if self.flush():

@@ -13,7 +13,8 @@ from pydantic import Field
 
 from pipeline.errors import PipelineError
 from pipeline.streaming.message import Message
-from pipeline.streaming.stage import Params, Stage
+from pipeline.streaming.stage import IMAGE, Params, Stage
+from pipeline.vision.record import Face, faces_of
 
 log = logging.getLogger(__name__)
 
@@ -39,22 +40,22 @@ class RenderParams(Params):
     http_host: str = Field("127.0.0.1", description="address the live view binds; 0.0.0.0 to reach it from other machines")
 
 
-def draw_faces(image: np.ndarray, faces: list[dict], classes: list[str] | None, bars: bool = True) -> np.ndarray:
+def draw_faces(image: np.ndarray, faces: list[Face], classes: list[str] | None, bars: bool = True) -> np.ndarray:
     """Draw each face's box, label and confidence (and probability bars) on a copy of ``image``."""
     out = image.copy()
     for face in faces:
-        x, y, w, h = face["box"]
-        label = face.get("emotion", "face")
+        x, y, w, h = face.box
+        label = face.emotion or "face"
         colour = COLOURS.get(label, (255, 255, 255))
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
-        text = f"{label} {face['confidence']:.0%}" if "confidence" in face else label
-        if "track" in face:
-            text = f"#{face['track']} {text}"
+        text = f"{label} {face.confidence:.0%}" if face.confidence is not None else label
+        if face.track is not None:
+            text = f"#{face.track} {text}"
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
         ty = max(y - 6, th + 4)
         cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 2), colour, -1)
         cv2.putText(out, text, (x + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        probs = face.get("smoothed") or face.get("probs")
+        probs = face.smoothed or face.probs
         if bars and classes and probs:
             for i, (name, p) in enumerate(zip(classes, probs)):
                 by = y + i * 12
@@ -67,9 +68,11 @@ class Render(Stage):
     """Annotates frames and writes them to a video file or a window, in capture order."""
 
     Params = RenderParams
-    requires = frozenset({"image"})
+    requires = frozenset({IMAGE})
     is_sink = True
     ordered_input = True
+    live = None  # a LiveServer with http_port; set by on_start
+    _writers: dict[str, cv2.VideoWriter] = {}  # noqa: RUF012 - replaced per instance in on_start
 
     def on_start(self) -> None:
         p: RenderParams = self.params
@@ -89,8 +92,8 @@ class Render(Stage):
 
     def video_path(self, stream: str) -> Path:
         """``OUT/annotated.mp4``, or ``OUT/annotated-<stream>.mp4`` when several streams meet here."""
-        path = Path(self.context.get("out", ".")) / self.params.filename
-        if len(self.context.get("streams") or []) > 1:
+        path = Path(self.context.out) / self.params.filename
+        if len(self.context.streams) > 1:
             path = path.with_name(f"{path.stem}-{stream}{path.suffix}")
         return path
 
@@ -98,7 +101,7 @@ class Render(Stage):
         p: RenderParams = self.params
         if p.output == "none" and self.live is None:
             return None
-        frame = draw_faces(msg.image, msg.faces, msg.meta.get("classes"), p.bars)
+        frame = draw_faces(msg.image, faces_of(msg), self.context.run.get("classes"), p.bars)
         if self.live is not None:
             self.live.state.publish(frame, msg)
         if p.output == "window":
@@ -121,8 +124,8 @@ class Render(Stage):
         return self._writers[stream]
 
     def on_stop(self) -> None:
-        if getattr(self, "live", None) is not None:
+        if self.live is not None:
             self.live.close()
-        for writer in getattr(self, "_writers", {}).values():
+        for writer in self._writers.values():
             writer.release()  # finishes the file: a stopped run leaves a playable video
         self._writers = {}

@@ -6,8 +6,9 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.streaming.message import Message
-from pipeline.streaming.stage import Params, Stage
+from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
 from pipeline.vision.faces import FACE_SIZE, crop_face, kmeans_in_one_thread, segment_face, to_gray
+from pipeline.vision.record import faces_of
 
 
 class SegmentParams(Params):
@@ -16,11 +17,16 @@ class SegmentParams(Params):
 
 
 class Segment(Stage):
-    """Adds ``seg`` (a 48x48 uint8 label map, 0 = darkest region) and ``k`` to every face."""
+    """Adds ``seg`` (a 48x48 uint8 label map, 0 = darkest region) to every face."""
 
     Params = SegmentParams
-    requires = frozenset({"image", "faces"})
+    requires = frozenset({IMAGE, "box"})
     provides = frozenset({"seg"})
+
+    @classmethod
+    def contract(cls, params: SegmentParams, upstream) -> Contract:
+        # A classifier downstream checks at validation that it was trained with this k.
+        return Contract(cls.requires, cls.provides, {"segmentation_k": params.k})
 
     def on_start(self) -> None:
         self._limits = kmeans_in_one_thread()
@@ -29,7 +35,6 @@ class Segment(Stage):
     def process(self, msg: Message) -> Message:
         p: SegmentParams = self.params
         gray = to_gray(msg.image)
-        for face in msg.faces:
-            face["seg"] = segment_face(crop_face(gray, face["box"]), p.k, p.spatial_weight)
-            face["k"] = p.k
+        for face in faces_of(msg):
+            face.seg = segment_face(crop_face(gray, face.box), p.k, p.spatial_weight)
         return msg

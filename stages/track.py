@@ -10,7 +10,8 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.streaming.message import Message
-from pipeline.streaming.stage import Params, Stage
+from pipeline.streaming.stage import Contract, Params, Stage
+from pipeline.vision.record import faces_of
 
 
 class TrackParams(Params):
@@ -104,35 +105,38 @@ class Track(Stage):
     smoothed probabilities (``smoothed``) while ``probs`` and ``emotion_raw`` keep the frame's own."""
 
     Params = TrackParams
-    requires = frozenset({"faces"})
-    provides = frozenset({"track"})
+    requires = frozenset({"box"})
+    provides = frozenset({"track", "smoothed", "emotion_raw"})
     ordered_input = True  # association needs frames in order
 
     @classmethod
-    def requirements(cls, params: TrackParams) -> frozenset[str]:
-        return cls.requires | ({"emotions"} if params.smoothing != "off" else set())
+    def contract(cls, params: TrackParams, upstream) -> Contract:
+        if params.smoothing == "off":
+            return Contract(cls.requires, frozenset({"track"}))
+        return Contract(cls.requires | {"probs"}, cls.provides)
 
     def on_start(self) -> None:
         self._trackers: dict[str, Tracker] = {}
+        self._classes = self.context.run.get("classes", [])
 
     def process(self, msg: Message) -> Message:
         p: TrackParams = self.params
         tracker = self._trackers.setdefault(msg.stream, Tracker(p.iou_threshold, p.max_gap))
-        tracks = tracker.update(msg.seq, [face["box"] for face in msg.faces])
-        classes = msg.meta.get("classes")
-        for face, track in zip(msg.faces, tracks):
-            face["track"] = track.id
-            if p.smoothing == "off" or not face.get("probs") or not classes:
+        faces = faces_of(msg)
+        tracks = tracker.update(msg.seq, [face.box for face in faces])
+        for face, track in zip(faces, tracks):
+            face.track = track.id
+            if p.smoothing == "off" or face.probs is None or len(face.probs) != len(self._classes):
                 continue
-            smoothed = smooth(track, np.asarray(face["probs"], dtype=np.float64), p)
+            smoothed = smooth(track, np.asarray(face.probs, dtype=np.float64), p)
             best = int(smoothed.argmax())
             if track.label is not None and smoothed[best] < smoothed[track.label] + p.hysteresis:
                 best = track.label  # two classes close together: no flicker between them
             track.label = best
-            face["emotion_raw"] = face.get("emotion")
-            face["smoothed"] = [round(float(v), 5) for v in smoothed]
-            face["emotion"] = classes[best]
-            face["confidence"] = round(float(smoothed[best]), 5)
+            face.emotion_raw = face.emotion
+            face.smoothed = [round(float(v), 5) for v in smoothed]
+            face.emotion = self._classes[best]
+            face.confidence = round(float(smoothed[best]), 5)
         return msg
 
     def on_eos(self, msg: Message) -> None:

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from pipeline.streaming.message import Message
+from pipeline.vision.record import faces_of
 
 BOUNDARY = b"frame"
 WINDOW = 60  # frames over which the dashboard's figures are computed
@@ -39,7 +40,7 @@ class LiveState:
             if ok:
                 self.jpeg = jpg.tobytes()
             self.frame_no += 1
-            self._emotions.append([f.get("emotion") for f in msg.faces if f.get("emotion")])
+            self._emotions.append([f.emotion for f in faces_of(msg) if f.emotion])
             for stage, t in msg.stamps.items():
                 self._stamps[stage].append(t)
             self._stamps["render"].append(time.time())

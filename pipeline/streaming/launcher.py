@@ -20,7 +20,9 @@ import cv2
 import msgpack
 import zmq
 
+from pipeline.errors import ExitCode
 from pipeline.streaming.metrics import summarise
+from pipeline.streaming.plan import WorkerPlan, compile_plans
 from pipeline.streaming.runner import run_worker
 from pipeline.streaming.shm import remove_rings
 from pipeline.streaming.topology import Topology
@@ -32,13 +34,20 @@ STOP_TIMEOUT_S = 10.0
 
 @dataclass
 class Worker:
-    stage: str
-    index: int
+    plan: WorkerPlan
     handle: Any = None
     restarts: int = 0
     finished: bool = False
     fatal: str | None = None
     stats: dict[str, Any] | None = None
+
+    @property
+    def stage(self) -> str:
+        return self.plan.stage
+
+    @property
+    def index(self) -> int:
+        return self.plan.worker
 
     @property
     def label(self) -> str:
@@ -78,7 +87,7 @@ class Launcher:
     ):
         self.topology = topology
         self.context = context
-        self.only = only or list(topology.order)
+        self.plans = compile_plans(topology, only)
         self.max_restarts = max_restarts
         self.on_event = on_event
         self.stop_requested = threading.Event()
@@ -107,13 +116,7 @@ class Launcher:
         control = ctx.socket(zmq.PULL)
         control.setsockopt(zmq.LINGER, 0)
         control.bind(self.control_endpoint)
-        # Consumers first, so that their endpoints are bound when producers start sending.
-        workers = [
-            Worker(name, i)
-            for name in reversed(self.topology.order)
-            if name in self.only
-            for i in range(self.topology.stages[name].workers)
-        ]
+        workers = [Worker(plan) for plan in self.plans]  # consumers first
         result = RunResult(code=0, stages={}, started=time.time())
         try:
             for w in workers:
@@ -138,10 +141,10 @@ class Launcher:
             fatal = next((w for w in workers if w.fatal), None)
             if fatal:
                 log.error("stopping: %s failed: %s", fatal.label, fatal.fatal)
-                return 2
+                return ExitCode.CONFIG
             if self.stop_requested.is_set():
                 log.info("stop requested: stopping %d workers", sum(not w.finished for w in workers))
-                return 130
+                return ExitCode.INTERRUPTED
             for w in workers:
                 if w.finished:
                     continue
@@ -156,13 +159,13 @@ class Launcher:
                     continue
                 if w.restarts >= self.max_restarts:
                     log.error("%s crashed (exit %s) after %d restarts: giving up", w.label, code, w.restarts)
-                    return 1
+                    return ExitCode.FAILED
                 w.restarts += 1
                 log.warning("%s crashed (exit %s); restarting (%d/%d)", w.label, code, w.restarts, self.max_restarts)
                 events.append({"event": "restart", "stage": w.stage, "worker": w.index, "exit": code})
                 self.start_worker(w)
             if all(w.finished for w in workers):
-                return 0
+                return ExitCode.OK
 
     def _drain(self, control: zmq.Socket, workers: list[Worker], events: list) -> None:
         by_key = {(w.stage, w.index): w for w in workers}
@@ -197,12 +200,12 @@ class Launcher:
                 self.kill(w)
 
 
-def _process_main(topology: Topology, name: str, index: int, context: dict, control: str) -> None:
+def _process_main(plan: WorkerPlan, context: dict, control: str) -> None:
     logging.basicConfig(level=context.get("log_level", logging.INFO), format=context.get("log_format"))
     # Parallelism comes from worker processes. OpenCV's own thread pool (cvtColor, resize) only
     # spins against the other stages: it cost classify and segment ~2 ms of CPU a frame.
     cv2.setNumThreads(1)
-    raise SystemExit(run_worker(topology, name, index, context, control))
+    raise SystemExit(int(run_worker(plan, context, control)))
 
 
 class ProcessLauncher(Launcher):
@@ -214,7 +217,7 @@ class ProcessLauncher(Launcher):
         process = self._mp.Process(
             target=_process_main,
             name=worker.label,
-            args=(self.topology, worker.stage, worker.index, self.context, self.control_endpoint),
+            args=(worker.plan, self.context, self.control_endpoint),
         )
         process.start()
         worker.handle = process  # only once started: stopping a worker that never started is a no-op
@@ -238,7 +241,7 @@ class ThreadLauncher(Launcher):
 
         def target() -> None:
             try:
-                box["code"] = run_worker(self.topology, worker.stage, worker.index, self.context, self.control_endpoint, stop)
+                box["code"] = run_worker(worker.plan, self.context, self.control_endpoint, stop)
             except BaseException:  # noqa: BLE001 - reported as a crash, like a dead process
                 log.exception("%s crashed", worker.label)
                 box["code"] = 1

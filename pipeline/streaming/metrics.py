@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +17,12 @@ import numpy as np
 def percentile(values, q: float) -> float | None:
     """The q-th percentile of values, or None when there are none."""
     return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+
+
+def process_cpu_s() -> float:
+    """CPU seconds this process has used (user + system, all threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass
@@ -36,8 +47,46 @@ class StageMetrics:
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=20_000))  # capture -> here (sinks)
     latency_series: deque = field(default_factory=lambda: deque(maxlen=20_000))  # (capture ts, ms) at sinks
 
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-able summary sent to the launcher."""
+    @contextmanager
+    def timed(self) -> Iterator[None]:
+        """Count the enclosed work (wall and thread CPU time) as processing of one frame.
+
+        Nothing is counted when the block raises: a failed frame is an error, not a timing.
+        """
+        t0, c0 = time.perf_counter(), time.thread_time()
+        yield
+        busy = time.perf_counter() - t0
+        self.busy_s += busy
+        self.process_ms.append(busy * 1000)
+        self.cpu_ms.append((time.thread_time() - c0) * 1000)
+
+    def first_frame(self) -> None:
+        """Mark the start of steady state: CPU spent before (start-up, model loading) is left out."""
+        if self.cpu_at_first_frame_s is None:
+            self.cpu_at_first_frame_s = process_cpu_s()
+
+    def sample_resources(self) -> None:
+        """Update the process's CPU time and resident memory."""
+        self.cpu_s = process_cpu_s()
+        try:
+            with open("/proc/self/statm") as f:
+                self.rss_mib = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            self.rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def sink_latency(self, capture_ts: float) -> None:
+        """Record a frame's end-to-end latency, from capture to done at this sink."""
+        now = time.time()
+        self.first_ts = self.first_ts or now
+        self.latency_ms.append((now - capture_ts) * 1000)
+        self.latency_series.append((capture_ts, (now - capture_ts) * 1000))
+
+    def snapshot(self, recent: int | None = None) -> dict[str, Any]:
+        """A JSON-able summary sent to the launcher; with ``recent``, only the last timings."""
+
+        def last(values: deque) -> list:
+            return list(values)[-recent:] if recent else list(values)
+
         return {
             "stage": self.stage,
             "worker": self.worker,
@@ -51,11 +100,11 @@ class StageMetrics:
             "cpu_steady_s": round(self.cpu_s - (self.cpu_at_first_frame_s or self.cpu_s), 3),
             "rss_mib": round(self.rss_mib, 1),
             "first_ts": self.first_ts,
-            "process_ms": list(self.process_ms),
-            "cpu_ms": list(self.cpu_ms),
-            "wait_ms": list(self.wait_ms),
-            "latency_ms": list(self.latency_ms),
-            "latency_series": [list(p) for p in self.latency_series],
+            "process_ms": last(self.process_ms),
+            "cpu_ms": last(self.cpu_ms),
+            "wait_ms": last(self.wait_ms),
+            "latency_ms": last(self.latency_ms),
+            "latency_series": [list(p) for p in last(self.latency_series)],
         }
 
 

@@ -5,12 +5,15 @@ The runner (``pipeline.streaming.runner``) owns the sockets, the loop, metrics a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.streaming.message import Message
+
+IMAGE = "image"  # the one contract name the framework knows: the frame's pixels
 
 
 class Params(BaseModel):
@@ -19,16 +22,55 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@dataclass(frozen=True)
+class Contract:
+    """What a stage needs from upstream, what it adds, and what it fixes for the whole run.
+
+    Attributes:
+        requires: names of fields some upstream stage must provide (``image`` or a field of
+            the records stages add).
+        provides: names of the fields this stage adds.
+        metadata: run-wide facts this stage fixes at start-up (class names of a model, ...);
+            stages downstream see them in ``context["run"]``, so they need not travel in
+            every frame.
+    """
+
+    requires: frozenset[str] = frozenset()
+    provides: frozenset[str] = frozenset()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage instance is told about its place in the run.
+
+    Attributes:
+        out: the run's output folder.
+        worker: this worker's index among the stage's workers.
+        label: ``name`` or ``name[i]``, for logs.
+        stream: the stream id this source stamps (sources only).
+        streams: ids of the streams that reach this stage.
+        run: run-wide metadata fixed by this stage and the stages upstream (``Contract.metadata``).
+    """
+
+    out: str = "."
+    worker: int = 0
+    label: str = ""
+    stream: str | None = None
+    streams: tuple[str, ...] = ()
+    run: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Stage:
     """A processing step. Subclasses set ``Params`` and override ``process``.
 
-    Class attributes describe the stage's contract so that the topology can be checked
-    before any process starts (like MediaPipe's ``GetContract``):
+    Class attributes describe the stage so that the topology can be checked before any
+    process starts (like MediaPipe's ``GetContract``):
 
-    * ``provides``: message fields this stage adds (e.g. ``{"faces"}``).
-    * ``requires``: fields that some upstream stage must provide.
+    * ``requires`` / ``provides``: the default contract (see ``contract``).
     * ``is_source``: the stage has no input and produces messages from ``generate``.
     * ``is_sink``: the stage has no output.
+    * ``ordered_input``: the stage needs frames in capture order; the runner reorders for it.
     """
 
     Params: ClassVar[type[Params]] = Params
@@ -36,19 +78,22 @@ class Stage:
     requires: ClassVar[frozenset[str]] = frozenset()
     is_source: ClassVar[bool] = False
     is_sink: ClassVar[bool] = False
-    # Sinks and renderers need frames in capture order; the runner reorders for them.
     ordered_input: ClassVar[bool] = False
 
-    def __init__(self, params: Params, *, name: str, context: dict[str, Any] | None = None):
+    def __init__(self, params: Params, *, name: str, context: StageContext | None = None):
         self.params = params
         self.name = name
-        # Run-wide settings (output directory, worker index, ...) given by the launcher.
-        self.context = context or {}
+        self.context = context or StageContext(label=name)
 
     @classmethod
-    def requirements(cls, params: Params) -> frozenset[str]:
-        """Fields this stage needs from upstream with these params (default: ``requires``)."""
-        return cls.requires
+    def contract(cls, params: Params, upstream: Mapping[str, Any]) -> Contract:
+        """This stage's contract with these params, given the run metadata fixed upstream.
+
+        Called once, when the topology is validated. Raise ``ValueError`` when the stage
+        cannot work with what upstream fixed (the message becomes a config error naming
+        the stage). The default: the class's ``requires`` and ``provides``.
+        """
+        return Contract(cls.requires, cls.provides)
 
     def on_start(self) -> None:
         """Open resources (models, files, devices). Called once in the worker process."""
@@ -62,11 +107,11 @@ class Stage:
         return msg
 
     def generate(self) -> Iterator[Message]:
-        """Source stages yield messages here; the runner adds end-of-stream afterwards."""
+        """Source stages yield messages here; the runner numbers them and adds end-of-stream."""
         raise NotImplementedError
 
     def on_eos(self, msg: Message) -> None:
         """End-of-stream reached this stage (sinks flush here)."""
 
     def on_stop(self) -> None:
-        """Release resources. Called once, also after errors and on SIGTERM."""
+        """Release resources. Called once, also after errors, on SIGTERM, and when ``on_start`` failed."""

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import ConfigError
 from pipeline.streaming import registry
-from pipeline.streaming.stage import Params, Stage
+from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
 
 Policy = Literal["block", "drop-oldest"]
 
@@ -65,6 +65,8 @@ class StageConfig(BaseModel):
     def _endpoint_form(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"ipc://.+|tcp://[^:/]+:\d{1,5}", value):
             raise ValueError(f"must look like ipc://path or tcp://host:port, got {value!r}")
+        if value is not None and value.startswith("tcp://") and not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError(f"port must be in 1..65535, got {value!r}")
         return value
 
 
@@ -91,6 +93,8 @@ class Topology:
         self.stages: dict[str, StageConfig] = {}
         self.classes: dict[str, type[Stage]] = {}
         self.params: dict[str, Params] = {}
+        self.contracts: dict[str, Contract] = {}  # each asked for once, at validation
+        self.metadata: dict[str, dict[str, Any]] = {}  # run metadata visible at each stage
         self._validate()
 
     # --- queries ---------------------------------------------------------------
@@ -159,7 +163,7 @@ class Topology:
         """Stage name -> whether it or a stage after it uses the image (else links carry none)."""
         result: dict[str, bool] = {}
         for name in reversed(self.order):
-            uses = "image" in self.classes[name].requirements(self.params[name])
+            uses = IMAGE in self.contracts[name].requires
             result[name] = uses or any(result[consumer.name] for consumer, _ in self.consumers(name))
         return result
 
@@ -231,14 +235,21 @@ class Topology:
         for name in self.order:
             stage, cls = self.stages[name], self.classes[name]
             upstream = frozenset().union(*(provided[link.source] for link in stage.inputs)) if stage.inputs else frozenset()
-            needs = cls.requirements(self.params[name])
-            missing = needs - upstream
+            fixed: dict[str, Any] = {}
+            for link in stage.inputs:
+                fixed.update(self.metadata[link.source])
+            try:
+                contract = cls.contract(self.params[name], fixed)
+            except ValueError as exc:
+                raise ConfigError(f"{self.where(name)}: {exc}") from None
+            self.contracts[name], self.metadata[name] = contract, {**fixed, **contract.metadata}
+            missing = contract.requires - upstream
             if missing:
                 raise ConfigError(
                     f"{self.where(name)}.inputs: a {stage.type} stage needs {', '.join(sorted(missing))} "
                     f"from upstream, which its inputs ({', '.join(link.source for link in stage.inputs)}) do not provide"
                 )
-            provided[name] = upstream | cls.provides
+            provided[name] = upstream | contract.provides
 
     def _check_endpoints(self) -> None:
         owner: dict[str, str] = {}
@@ -246,6 +257,8 @@ class Topology:
             if self.classes[name].is_source:
                 continue
             for endpoint in self.bind_endpoints(name):
+                if endpoint.startswith("tcp://") and int(endpoint.rpartition(":")[2]) > 65535:
+                    raise ConfigError(f"{self.where(name)}.workers: worker ports run past 65535 ({endpoint})")
                 key = re.sub(r"^tcp://[^:]+:", "tcp://*:", endpoint)  # one port, whatever the host
                 if key in owner:
                     raise ConfigError(f"{self.where(name)}.endpoint: {endpoint} clashes with stage {owner[key]!r}")
@@ -365,8 +378,17 @@ def _apply_overrides(stages: list[Any], overrides: list[str], source: str | None
             by_name[stage_name]["params"] = target
         target[field] = yaml.safe_load(value)
     if source is not None:
-        sources = [s for s in by_name.values() if s.get("type") == "capture"]
+        sources = [s for s in by_name.values() if _takes_source(s.get("type"))]
         if len(sources) != 1:
-            raise ConfigError(f"--source: the topology has {len(sources)} capture stages; use --set NAME.source=... instead")
+            raise ConfigError(f"--source: the topology has {len(sources)} source stages; use --set NAME.source=... instead")
         sources[0].setdefault("params", {})
         sources[0]["params"]["source"] = source
+
+
+def _takes_source(type_name: Any) -> bool:
+    """Whether a stage type is a source stage with a ``source`` param (what ``--source`` sets)."""
+    try:
+        cls = registry.get(str(type_name))
+    except ConfigError:
+        return False  # reported by validation, with its place in the file
+    return cls.is_source and "source" in cls.Params.model_fields

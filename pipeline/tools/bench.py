@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import PipelineError
 from pipeline.streaming.launcher import ProcessLauncher, RunResult
 from pipeline.streaming.metrics import percentile
+from pipeline.streaming.stage import StageContext
 from pipeline.streaming.topology import InputConfig, Topology, load_topology
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def pipeline_run(topology: Topology, out: Path, context: dict[str, Any]) -> dict
 
     result: RunResult = ProcessLauncher(topology, {**context, "out": str(out)}, on_event=on_event).run()
     if result.code != 0:
-        raise RuntimeError(f"benchmark run failed with exit code {result.code}")
+        raise PipelineError(f"benchmark run {out.name} failed with exit code {result.code}")
     sinks = [s for s in result.snapshots if topology.classes[s["stage"]].is_sink]
     series = sorted(p for s in sinks for p in s["latency_series"])
     latencies = [ms for s in sinks for ms in s["latency_ms"]]
@@ -78,12 +80,25 @@ def pipeline_run(topology: Topology, out: Path, context: dict[str, Any]) -> dict
         "rss_growth_mib": {name: _round(v[-1] - v[min(2, len(v) - 1)], 1) for name, v in rss_seen.items() if v},
         "first_frame_s": _round(min(s["first_ts"] for s in sinks if s["first_ts"]) - result.started),
         "latency_series": [[round(ts - first_capture, 4), round(ms, 2)] for ts, ms in series],
-        "one_face_share": _one_face_share(out / "emotions.sqlite"),
+        "one_face_share": _one_face_share(_database(topology, out)),
     }
 
 
-def _one_face_share(db_path: Path) -> float | None:
-    if not db_path.exists():
+def _database(topology: Topology, out: Path) -> Path | None:
+    """The emotion log a sink of this topology writes, if one does (a sink with a ``database`` param)."""
+    files = [getattr(topology.params[n], "database", None) for n in topology.order if topology.classes[n].is_sink]
+    return next((out / f for f in files if f), None)
+
+
+def _source_name(topology: Topology) -> str:
+    sources = [n for n in topology.order if topology.classes[n].is_source]
+    if len(sources) != 1:
+        raise PipelineError(f"bench needs a topology with one source stage, got {len(sources)}")
+    return sources[0]
+
+
+def _one_face_share(db_path: Path | None) -> float | None:
+    if db_path is None or not db_path.exists():
         return None
     with sqlite3.connect(db_path) as db:
         counts = [r[0] for r in db.execute("SELECT faces FROM frames")]
@@ -105,7 +120,10 @@ def sequential_run(topology: Topology, out: Path, context: dict[str, Any], openc
         name: topology.classes[name](
             topology.params[name],
             name=name,
-            context={**context, "out": str(out), "worker": 0, "label": name, "stream": topology.stream_id(name)},
+            context=StageContext(
+                out=str(out), label=name, stream=topology.stream_id(name), streams=tuple(topology.streams[name]),
+                run=topology.metadata[name],
+            ),
         )
         for name in topology.order
     }
@@ -143,27 +161,30 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="emobench-") as tmp:
         tmp_path = Path(tmp)
 
+        src = _source_name(load_topology(config, tmp_path / "rt", [], source))
+
         def topology(name: str, overrides: list[str]) -> Topology:
-            limit = [f"capture.max_frames={frames}"] if frames else []
+            overrides = [o.replace("SOURCE.", f"{src}.") for o in overrides]
+            limit = [f"{src}.max_frames={frames}"] if frames else []
             loaded = load_topology(config, tmp_path / f"rt-{name}", overrides + limit, source)
             return _with_links(loaded, codec=codec) if codec else loaded
 
         runs: dict[str, dict[str, Any]] = {}
         log.info("bench: as fast as possible")
-        runs["max"] = pipeline_run(topology("max", ["capture.pacing=max"]), tmp_path / "max", context)
+        runs["max"] = pipeline_run(topology("max", ["SOURCE.pacing=max"]), tmp_path / "max", context)
         native = paced_fps or _native_fps(source)
         log.info("bench: paced at %.1f fps", native)
         runs["paced"] = pipeline_run(
-            topology("paced", ["capture.pacing=realtime", f"capture.fps={native}"]), tmp_path / "paced", context
+            topology("paced", ["SOURCE.pacing=realtime", f"SOURCE.fps={native}"]), tmp_path / "paced", context
         )
         log.info("bench: paced at %.1f fps with drop-oldest links", 2 * native)
-        overload = topology("overload", ["capture.pacing=realtime", f"capture.fps={2 * native}"])
+        overload = topology("overload", ["SOURCE.pacing=realtime", f"SOURCE.fps={2 * native}"])
         overload = _with_links(overload, policy="drop-oldest", hwm=2)
         runs["overload"] = pipeline_run(overload, tmp_path / "overload", context)
         log.info("bench: sequential baseline, one thread")
-        baseline = sequential_run(topology("seq", ["capture.pacing=max"]), tmp_path / "seq", context)
+        baseline = sequential_run(topology("seq", ["SOURCE.pacing=max"]), tmp_path / "seq", context)
         log.info("bench: sequential, OpenCV's default threads")
-        threaded = sequential_run(topology("seq-mt", ["capture.pacing=max"]), tmp_path / "seq-mt", context, opencv_threads=0)
+        threaded = sequential_run(topology("seq-mt", ["SOURCE.pacing=max"]), tmp_path / "seq-mt", context, opencv_threads=0)
 
     fast = runs["max"]
     return {

@@ -3,19 +3,23 @@ import sqlite3
 import numpy as np
 
 from pipeline.streaming.message import Message
+from pipeline.streaming.stage import StageContext
+from pipeline.vision.faces import EMOTIONS
+from pipeline.vision.record import FACES, Face
 from stages.log import SCHEMA_VERSION, Log, LogParams
 
 
 def classified(seq: int, n_faces: int = 1) -> Message:
     faces = [
-        {"box": [10 * i, 20, 30, 30], "emotion": "happy", "confidence": 0.8, "probs": [0.02, 0.02, 0.02, 0.8, 0.04, 0.05, 0.05]}
+        Face(box=[10 * i, 20, 30, 30], emotion="happy", confidence=0.8, probs=[0.02, 0.02, 0.02, 0.8, 0.04, 0.05, 0.05])
         for i in range(n_faces)
     ]
-    return Message(stream="cam", seq=seq, ts=1000.0 + seq / 30, image=np.zeros((4, 4, 3), np.uint8), faces=faces)
+    image = np.zeros((4, 4, 3), np.uint8)
+    return Message(stream="cam", seq=seq, ts=1000.0 + seq / 30, image=image, fields={FACES: faces})
 
 
 def make_log(tmp_path, **params) -> Log:
-    stage = Log(LogParams(**params), name="log", context={"out": str(tmp_path)})
+    stage = Log(LogParams(**params), name="log", context=StageContext(out=str(tmp_path), run={"classes": list(EMOTIONS)}))
     stage.on_start()
     return stage
 

@@ -1,7 +1,9 @@
 import numpy as np
 
 from pipeline.streaming.message import Message
+from pipeline.streaming.stage import StageContext
 from pipeline.vision.faces import EMOTIONS
+from pipeline.vision.record import FACES, Face, faces_of
 from stages.track import Track, Tracker, TrackParams, iou
 
 
@@ -32,14 +34,14 @@ def flickering(seq: int) -> Message:
     probs[EMOTIONS.index("happy")] = 0.48 + noise[0]
     probs[EMOTIONS.index("neutral")] = 0.42 + noise[1]
     label = EMOTIONS[int(probs.argmax())]
-    face = {"box": [10, 10, 40, 40], "probs": probs.tolist(), "emotion": label, "confidence": float(probs.max())}
-    return Message(seq=seq, faces=[face], meta={"classes": list(EMOTIONS)})
+    face = Face(box=[10, 10, 40, 40], probs=probs.tolist(), emotion=label, confidence=float(probs.max()))
+    return Message(seq=seq, fields={FACES: [face]})
 
 
-def run_track(params: TrackParams, n: int = 40) -> list[dict]:
-    stage = Track(params, name="track")
+def run_track(params: TrackParams, n: int = 40) -> list[Face]:
+    stage = Track(params, name="track", context=StageContext(run={"classes": list(EMOTIONS)}))
     stage.on_start()
-    return [stage.process(flickering(seq)).faces[0] for seq in range(n)]
+    return [faces_of(stage.process(flickering(seq)))[0] for seq in range(n)]
 
 
 def changes(labels: list[str]) -> int:
@@ -49,13 +51,13 @@ def changes(labels: list[str]) -> int:
 def test_smoothing_stops_the_flicker_and_keeps_raw_values():
     for params in (TrackParams(smoothing="ema", alpha=0.25), TrackParams(smoothing="window", window=6)):
         faces = run_track(params)
-        raw = [f["emotion_raw"] for f in faces]
-        smoothed = [f["emotion"] for f in faces]
+        raw = [f.emotion_raw for f in faces]
+        smoothed = [f.emotion for f in faces]
         assert changes(raw) >= 10 and changes(smoothed) <= changes(raw) / 3, (changes(raw), changes(smoothed))
-        assert {f["track"] for f in faces} == {1}
-        assert all(len(f["smoothed"]) == len(EMOTIONS) and len(f["probs"]) == len(EMOTIONS) for f in faces)
+        assert {f.track for f in faces} == {1}
+        assert all(len(f.smoothed) == len(EMOTIONS) and len(f.probs) == len(EMOTIONS) for f in faces)
 
 
 def test_smoothing_off_only_tracks():
     faces = run_track(TrackParams(smoothing="off"), n=5)
-    assert all("smoothed" not in f and f["track"] == 1 for f in faces)
+    assert all(f.smoothed is None and f.track == 1 for f in faces)

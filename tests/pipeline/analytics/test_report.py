@@ -7,20 +7,23 @@ import pytest
 from pipeline.analytics.report import write_report
 from pipeline.errors import PipelineError
 from pipeline.streaming.message import Message
+from pipeline.streaming.stage import StageContext
 from pipeline.vision.faces import EMOTIONS
+from pipeline.vision.record import FACES, Face
 from stages.log import Log, LogParams
 
 
 def write_log(out, frames: int = 60) -> Log:
     """Two streams; stream a has two tracks, happy then sad; stream b one neutral track."""
-    stage = Log(LogParams(batch_rows=10), name="log", context={"out": str(out)})
+    stage = Log(LogParams(batch_rows=10), name="log", context=StageContext(out=str(out), run={"classes": list(EMOTIONS)}))
     stage.on_start()
     for seq in range(frames):
         for stream, faces in (("a", [(1, "happy" if seq < 40 else "sad"), (2, "angry")]), ("b", [(7, "neutral")])):
             msg = Message(stream=stream, seq=seq, ts=100.0 + seq / 10, image=np.zeros((2, 2, 3), np.uint8))
             for track, emotion in faces:
                 probs = [0.9 if e == emotion else 0.1 / 6 for e in EMOTIONS]
-                msg.faces.append({"box": [0, 0, 9, 9], "track": track, "emotion": emotion, "confidence": 0.9, "probs": probs})
+                face = Face(box=[0, 0, 9, 9], track=track, emotion=emotion, confidence=0.9, probs=probs)
+                msg.fields.setdefault(FACES, []).append(face)
             stage.process(msg)
     return stage
 

@@ -3,7 +3,22 @@ import numpy as np
 import pytest
 
 from pipeline.errors import MessageError
-from pipeline.streaming.message import FORMAT_VERSION, Message, decode, encode
+from pipeline.streaming.message import FORMAT_VERSION, Message, decode, encode, register_field
+
+
+class MarksCodec:
+    """A field of this test only: a label map and a list of scores (the framework knows no field itself)."""
+
+    def to_wire(self, value, add_array):
+        return {"map": add_array(value["map"]), "scores": value["scores"]}
+
+    def from_wire(self, data, read_array, where):
+        if not isinstance(data.get("scores"), list):
+            raise ValueError("scores must be a list")
+        return {"map": read_array(data["map"], f"{where}.map"), "scores": data["scores"]}
+
+
+register_field("test_marks", MarksCodec())
 
 
 def frame_message() -> Message:
@@ -15,7 +30,7 @@ def frame_message() -> Message:
         ts=12.5,
         stamps={"capture": 12.6},
         image=image,
-        faces=[{"box": [1, 2, 30, 30], "seg": seg, "probs": [0.5, 0.5]}],
+        fields={"test_marks": {"map": seg, "scores": [0.5, 0.5]}},
         meta={"fps": 25.0},
     )
 
@@ -36,8 +51,8 @@ def test_raw_round_trip_keeps_every_field():
         {"fps": 25.0},
     )
     np.testing.assert_array_equal(out.image, msg.image)
-    np.testing.assert_array_equal(out.faces[0]["seg"], msg.faces[0]["seg"])
-    assert out.faces[0]["box"] == [1, 2, 30, 30] and out.faces[0]["probs"] == [0.5, 0.5]
+    np.testing.assert_array_equal(out.fields["test_marks"]["map"], msg.fields["test_marks"]["map"])
+    assert out.fields["test_marks"]["scores"] == [0.5, 0.5]
 
 
 def test_raw_image_is_not_copied_into_the_header():
@@ -60,7 +75,7 @@ def test_end_of_stream_round_trip():
 
 
 def header(**changes) -> bytes:
-    base = {"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 0, "ts": 0.0, "image": None, "faces": []}
+    base = {"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 0, "ts": 0.0, "image": None, "fields": {}}
     base.update(changes)
     return msgpack.packb(base)
 
@@ -73,13 +88,24 @@ def header(**changes) -> bytes:
         ([msgpack.packb([1, 2])], "must be a map"),
         ([header(v=99)], "format version 99"),
         ([header(kind="video")], "kind 'video'"),
-        ([header(seq="x")], "bad header field"),
+        ([header(seq="x")], "seq: expected an integer"),
+        ([header(seq=float("inf"))], "seq: expected an integer"),
+        ([header(seq=-1)], "seq: expected an integer"),
+        ([header(ts=float("nan"))], "ts: expected a finite number"),
+        ([header(stamps={"x": "y"})], "stamps['x']: expected a finite number"),
+        ([header(stamps=[1])], "stamps: expected a map"),
+        ([header(stream=5)], "stream: expected a string"),
+        ([header(fields={"nobody": 1})], "unknown field 'nobody'"),
+        ([header(fields={"test_marks": {"scores": 3}})], "test_marks: scores must be a list"),
+        ([header(fields={"test_marks": []})], "malformed message"),
+        ([header(image={"buf": 1, "shape": [float("inf"), 2, 3], "dtype": "uint8"}), b""], "shape: expected an integer"),
+        ([header(image={"buf": 1, "shape": [2**32, 2**32, 3], "dtype": "uint8"}), b""], "shape: expected an integer"),
+        ([header(image={"buf": 1, "shape": [2, 2, 3], "dtype": "uint8", "codec": "jpeg"}), b""], "JPEG does not decode"),
+        ([header(image={"buf": 1, "shape": [2, 2, 3], "dtype": "uint8", "codec": "jpeg"}), b"\xff\xd8junk"], "JPEG"),
         ([header(image={"buf": 1, "shape": [2, 2, 3], "dtype": "uint8"})], "buffer 1 missing"),
         ([header(image={"buf": 1, "shape": [2, 2, 3], "dtype": "uint8"}), b"short"], "needs 12"),
         ([header(image={"buf": 1, "shape": [1, 1, 3], "dtype": "object"}), b"abc"], "dtype 'object' not allowed"),
         ([header(image={"buf": 1, "shape": [1, 3], "dtype": "uint8"}), b"abc"], "expected uint8 (H, W, 3)"),
-        ([header(faces=[{"box": [1, 2]}])], "faces[0]: needs a box"),
-        ([header(faces=[{"box": [0, 0, 1, 1]}] * 300)], "exceeds 256"),
         ([b"\x00" * (2 << 20)], "exceeds"),
     ],
 )

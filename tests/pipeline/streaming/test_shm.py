@@ -214,12 +214,12 @@ def test_two_renderers_fed_from_one_detector_both_get_every_frame(tmp_path):
 
 
 def test_without_room_in_shared_memory_frames_go_through_the_socket(tmp_path, monkeypatch, caplog):
-    import pipeline.streaming.runner
+    import pipeline.streaming.outbound
 
     def no_room(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.streaming.runner, "FrameRing", no_room)
+    monkeypatch.setattr(pipeline.streaming.outbound, "FrameRing", no_room)
     topology = topology_on_clip(tmp_path, 20, 10, [{"name": "log", "type": "log"}])
     result = ThreadLauncher(topology, {"out": str(tmp_path / "out")}).run()
     assert result.code == 0 and result.stages["log"]["frames_in"] == 20

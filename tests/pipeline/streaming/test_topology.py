@@ -90,7 +90,7 @@ def test_classify_without_a_detector_upstream_is_refused(tmp_path, model_dir):
     stages = chain(model_dir, classify={"inputs": ["capture"]})
     del stages[1:3]
     message = error_of(tmp_path, stages)
-    assert "(classify).inputs: a classify stage needs faces" in message
+    assert "(classify).inputs: a classify stage needs box" in message
 
 
 def test_endpoint_clash_is_reported(tmp_path, model_dir):

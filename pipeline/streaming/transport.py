@@ -1,0 +1,220 @@
+"""All socket code: the links between workers and the control channel to the launcher.
+
+Wiring: every worker of a consumer stage binds its own endpoint; every producer worker holds
+one PUSH socket per consumer worker and spreads frames over them itself. Doing the round
+robin here (instead of letting one PUSH socket do it) lets a producer skip a worker whose
+queue is full or which is restarting, and send end-of-stream to every worker. Sockets are
+made inside the worker from its own context, with ``linger=0``, and closed in ``close``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from pipeline.errors import MessageError
+from pipeline.streaming.message import MAX_BUFFER_BYTES, MAX_HEADER_BYTES, Message, decode
+from pipeline.streaming.plan import InputPlan, OutputPlan
+from pipeline.streaming.shm import SharedFrames
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 100
+EOS_SEND_TIMEOUT_S = 60.0  # long enough for a crashed consumer worker to be restarted
+WAIT_LOG_EVERY_S = 5.0
+MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + 2 * MAX_BUFFER_BYTES  # ZMQ_MAXMSGSIZE: bigger ones are refused unread
+
+
+class PushLink:
+    """One link to a consumer stage: a PUSH socket per consumer worker, and its send policy."""
+
+    def __init__(self, ctx: zmq.Context, plan: OutputPlan, stop: threading.Event):
+        self.plan = plan
+        self.stop = stop
+        self.sockets: list[zmq.Socket] = []
+        # Connection events tell when consumer workers are ready (they bind only then) and when
+        # they hang up. The monitor is attached before connecting, so no event is missed.
+        self._monitors: list[zmq.Socket] = []
+        for endpoint in plan.endpoints:
+            sock = ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.SNDHWM, plan.hwm)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to workers that are connected
+            self._monitors.append(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED))
+            sock.connect(endpoint)
+            self.sockets.append(sock)
+        self._next = 0
+        self._poller = zmq.Poller()
+        for sock in self.sockets:
+            self._poller.register(sock, zmq.POLLOUT)
+        self._connected = [False] * len(self.sockets)
+
+    def send(self, frames: list) -> bool:
+        """Send to the next worker with room. Returns False if the frame was dropped."""
+        n = len(self.sockets)
+        while not self.stop.is_set():
+            for k in range(n):
+                i = (self._next + k) % n
+                try:
+                    self.sockets[i].send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    continue
+                self._next = (i + 1) % n
+                return True
+            if self.plan.policy == "drop-oldest":
+                return False  # every queue is full: the consumer keeps the frames it has
+            self._poller.poll(POLL_MS)
+        return False
+
+    def broadcast(self, frames: list) -> None:
+        """Send to every worker (end-of-stream), waiting for restarting workers up to a limit."""
+        deadline = time.monotonic() + EOS_SEND_TIMEOUT_S
+        for sock in self.sockets:
+            while True:
+                try:
+                    sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                    break
+                except zmq.Again:
+                    if self.stop.is_set() or time.monotonic() > deadline:
+                        log.error("end-of-stream not delivered to %s", sock.getsockopt_string(zmq.LAST_ENDPOINT))
+                        break
+                    sock.poll(POLL_MS, zmq.POLLOUT)
+
+    def wait_until_connected(self, label: str) -> None:
+        """Block until every consumer worker has connected (or ``stop``), logging while it waits.
+
+        Consumers bind only once they are ready (see ``run_worker``), so this is how readiness
+        travels upstream: a source sends its first frame when the whole graph can take it.
+        """
+        next_log = time.monotonic() + WAIT_LOG_EVERY_S
+        while not all(self._update_connections()) and not self.stop.is_set():
+            zmq.select(self._monitors, [], [], POLL_MS / 1000)
+            if time.monotonic() > next_log:
+                next_log += WAIT_LOG_EVERY_S
+                missing = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s, ok in zip(self.sockets, self._connected) if not ok]
+                log.info("%s: waiting for %s at %s", label, self.plan.consumer, ", ".join(missing))
+
+    def wait_for_consumers(self, timeout_s: float) -> None:
+        """Wait until every consumer worker that was connected has hung up.
+
+        A consumer exits only after it has received end-of-stream, which travels behind the
+        last frame, so once it hangs up nothing sent to it is still queued here. Closing
+        earlier, even with ZMQ_LINGER, lost the last frames to a busy worker now and then.
+        """
+        deadline = time.monotonic() + timeout_s
+        while any(self._update_connections()) and time.monotonic() < deadline and not self.stop.is_set():
+            zmq.select(self._monitors, [], [], POLL_MS / 1000)
+
+    def _update_connections(self) -> list[bool]:
+        for i, monitor in enumerate(self._monitors):
+            while monitor.poll(0):
+                event = recv_monitor_message(monitor)["event"]
+                self._connected[i] = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+        return self._connected
+
+    def close(self) -> None:
+        for sock, monitor in zip(self.sockets, self._monitors):
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+
+
+class PullInput:
+    """A worker's bound PULL socket. On a leaky link it keeps only the newest frames.
+
+    Args:
+        ctx: the worker's ZeroMQ context.
+        plan: where to bind and how.
+        shared: maps images sent through shared memory (refused on links that are not shm).
+        on_malformed: called with the error of every message that cannot be decoded.
+        on_dropped: called with every frame dropped to keep the newest ones.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        plan: InputPlan,
+        shared: SharedFrames,
+        on_malformed: Callable[[str], None],
+        on_dropped: Callable[[Message], None],
+    ):
+        self.plan = plan
+        self.sock = ctx.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.RCVHWM, plan.hwm)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self.sock.bind(plan.bind)
+        self.shared = shared if plan.shm else None
+        self.pending: deque[Message] = deque()
+        self.on_malformed, self.on_dropped = on_malformed, on_dropped
+
+    def next(self, timeout_ms: int) -> Message | None:
+        """The next message to process, or None after ``timeout_ms`` without one."""
+        limit = None if self.plan.leaky else 1
+        if self.plan.leaky or not self.pending:
+            self._drain(limit)  # what has arrived already: a busy stage skips the poll
+        if not self.pending and self.sock.poll(timeout_ms):
+            self._drain(limit)
+        return self.pending.popleft() if self.pending else None
+
+    def _drain(self, limit: int | None = None) -> None:
+        received = 0
+        while limit is None or received < limit:
+            try:
+                frames = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            received += 1
+            try:
+                msg = decode(frames, self.shared)
+            except MessageError as exc:
+                self.on_malformed(str(exc))
+                continue
+            if not msg.is_eos:
+                msg.meta["_received"] = time.time()  # for the queue-wait figure
+            self.pending.append(msg)
+            if self.plan.leaky:
+                self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        frames = [m for m in self.pending if not m.is_eos]
+        while len(frames) > self.plan.hwm:
+            dropped = frames.pop(0)
+            self.pending.remove(dropped)  # end-of-stream is never dropped
+            self.on_dropped(dropped)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class Control:
+    """Events to the launcher (started, stats, error, done, fatal) over a PUSH socket."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str | None, stage: str, worker: int):
+        self.sock = None
+        if endpoint:
+            self.sock = ctx.socket(zmq.PUSH)
+            self.sock.setsockopt(zmq.LINGER, 1000)
+            self.sock.setsockopt(zmq.SNDHWM, 1000)
+            self.sock.connect(endpoint)
+        self.base = {"stage": stage, "worker": worker, "pid": os.getpid()}
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self.sock is not None:
+            # The launcher is gone or flooded: events are advisory, so a full queue drops them.
+            with contextlib.suppress(zmq.Again):
+                self.sock.send(msgpack.packb({"event": event, **self.base, **data}), flags=zmq.NOBLOCK)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
