@@ -15,8 +15,8 @@ from pydantic import Field, field_validator
 from pipeline.errors import SourceError
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import Params, Stage
+from pipeline.vision.emotions import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 

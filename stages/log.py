@@ -18,7 +18,7 @@ from pydantic import Field
 
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import Params, Stage
-from pipeline.vision.faces import EMOTIONS
+from pipeline.vision.emotions import EMOTIONS
 from pipeline.vision.record import faces_of
 
 log = logging.getLogger(__name__)

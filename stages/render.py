@@ -14,21 +14,10 @@ from pydantic import Field
 from pipeline.errors import PipelineError
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Params, Stage
+from pipeline.vision.emotions import bgr
 from pipeline.vision.record import Face, faces_of
 
 log = logging.getLogger(__name__)
-
-# BGR colours per emotion, chosen to read well on video.
-COLOURS = {
-    "angry": (40, 40, 230),
-    "disgust": (40, 140, 40),
-    "fear": (160, 60, 160),
-    "happy": (40, 200, 240),
-    "sad": (200, 120, 40),
-    "surprise": (0, 140, 255),
-    "neutral": (200, 200, 200),
-    "uncertain": (128, 128, 128),
-}
 
 
 class RenderParams(Params):
@@ -46,7 +35,7 @@ def draw_faces(image: np.ndarray, faces: list[Face], classes: list[str] | None, 
     for face in faces:
         x, y, w, h = face.box
         label = face.emotion or "face"
-        colour = COLOURS.get(label, (255, 255, 255))
+        colour = bgr(label)
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
         text = f"{label} {face.confidence:.0%}" if face.confidence is not None else label
         if face.track is not None:
@@ -59,7 +48,7 @@ def draw_faces(image: np.ndarray, faces: list[Face], classes: list[str] | None, 
         if bars and classes and probs:
             for i, (name, p) in enumerate(zip(classes, probs)):
                 by = y + i * 12
-                cv2.rectangle(out, (x + w + 4, by), (x + w + 4 + int(60 * p), by + 9), COLOURS.get(name, colour), -1)
+                cv2.rectangle(out, (x + w + 4, by), (x + w + 4 + int(60 * p), by + 9), bgr(name), -1)
                 cv2.putText(out, name[:3], (x + w + 68, by + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)
     return out
 

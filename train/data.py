@@ -17,11 +17,10 @@ import cv2
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.vision.faces import EMOTIONS, FACE_SIZE, kmeans_in_one_thread, segment_face, segmentation_channel
+from pipeline.vision.emotions import EMOTIONS, IMAGE_SUFFIXES
+from pipeline.vision.faces import FACE_SIZE, kmeans_in_one_thread, segment_face, segmentation_channel
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 
 
 @dataclass

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.vision.faces import EMOTIONS, FACE_SIZE, SEGMENTATION_VERSION, model_input
+from pipeline.vision.emotions import EMOTIONS
+from pipeline.vision.faces import FACE_SIZE, SEGMENTATION_VERSION, model_input
 from pipeline.vision.model import METADATA_NAME, TFLITE_NAME, EmotionModel
 from train import report
 from train.data import FaceSet, load_splits, segmentation_channels
@@ -201,20 +202,14 @@ def finalize(
     best.save(out / "emotion.keras")
     tflite_bytes = export_tflite([best], str(out / TFLITE_NAME))
     history = _read_history(out / "history.csv")
+    segmentation = {
+        "enabled": cfg.segmentation,
+        "k": cfg.segmentation_k if cfg.segmentation else 0,
+        "function": "pipeline.vision.faces.segment_face",
+        "version": SEGMENTATION_VERSION if cfg.segmentation else None,
+    }
     meta = {
-        "format": 1,
-        "classes": list(EMOTIONS),
-        "input_size": FACE_SIZE,
-        "channels": int(best.input_shape[-1]),
-        "preprocessing": f"{PREPROCESSING}; output averages the face and its mirror image",
-        "segmentation": {
-            "enabled": cfg.segmentation,
-            "k": cfg.segmentation_k if cfg.segmentation else 0,
-            "function": "pipeline.vision.faces.segment_face",
-            "version": SEGMENTATION_VERSION if cfg.segmentation else None,
-        },
-        "parameters": int(best.count_params()),
-        "tflite_bytes": tflite_bytes,
+        **_served_model([best], segmentation, tflite_bytes, "output averages the face and its mirror image"),
         "training": {
             "config": {k: v for k, v in cfg.__dict__.items() if k not in ("out", "resume", "threads")},
             "data_fingerprint": train_set.fingerprint(),
@@ -250,22 +245,30 @@ def export_ensemble(model_dirs: list[Path], out: Path, data: str, mirror: bool =
     members = [keras.models.load_model(d / "emotion.keras", compile=False) for d in model_dirs]
     _, val_set, test_set = load_splits(data)
     out.mkdir(parents=True, exist_ok=True)
+    averaging = "output averages the members' probabilities" + (" over the face and its mirror image" if mirror else "")
+    segmentation = segmented[0] if segmented else metas[0]["segmentation"]
     meta = {
-        "format": 1,
-        "classes": list(EMOTIONS),
-        "input_size": FACE_SIZE,
-        "channels": max(int(m.input_shape[-1]) for m in members),
-        "preprocessing": f"{PREPROCESSING}; output averages the members' probabilities"
-        + (" over the face and its mirror image" if mirror else ""),
-        "segmentation": segmented[0] if segmented else metas[0]["segmentation"],
-        "parameters": sum(int(m.count_params()) for m in members),
-        "tflite_bytes": export_tflite(members, str(out / TFLITE_NAME), mirror),
+        **_served_model(members, segmentation, export_tflite(members, str(out / TFLITE_NAME), mirror), averaging),
         "members": [
             {"model": str(d), **{k: m.get(k) for k in ("segmentation", "training", "validation", "evaluation")}}
             for d, m in zip(model_dirs, metas)
         ],
     }
     return _evaluate_and_write(out, meta, val_set, test_set)
+
+
+def _served_model(members: list, segmentation: dict, tflite_bytes: int, output: str) -> dict:
+    """The part of ``model.json`` that serving reads (``pipeline.vision.model.ModelInfo``)."""
+    return {
+        "format": 1,
+        "classes": list(EMOTIONS),
+        "input_size": FACE_SIZE,
+        "channels": max(int(m.input_shape[-1]) for m in members),
+        "preprocessing": f"{PREPROCESSING}; {output}",
+        "segmentation": segmentation,
+        "parameters": sum(int(m.count_params()) for m in members),
+        "tflite_bytes": tflite_bytes,
+    }
 
 
 def _evaluate_and_write(out: Path, meta: dict, val_set: FaceSet, test_set: FaceSet | None) -> dict:

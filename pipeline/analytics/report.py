@@ -16,19 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.vision.faces import EMOTIONS
-
-# How emotions add up to a positive / negative / neutral summary.
-VALENCE = {
-    "happy": "positive", "surprise": "positive",
-    "angry": "negative", "disgust": "negative", "fear": "negative", "sad": "negative",
-    "neutral": "neutral",
-}  # fmt: skip
-COLOURS = {
-    "angry": "#e6302e", "disgust": "#3a8c3a", "fear": "#9c3fa0", "happy": "#f2c12e", "sad": "#3a78c8",
-    "surprise": "#ff8c00", "neutral": "#a0a0a0", "uncertain": "#606060",
-    "positive": "#2ca25f", "negative": "#de2d26", "neutral_valence": "#a0a0a0",
-}  # fmt: skip
+from pipeline.vision.emotions import COLOURS, EMOTIONS, VALENCE
 
 
 def read_detections(db_path: Path) -> list[dict[str, Any]]:

@@ -74,6 +74,12 @@ class StageMetrics:
         except OSError:
             self.rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    def frame_in(self, queued_s: float) -> None:
+        """Count a frame received, after ``queued_s`` seconds between the stage upstream and here."""
+        self.first_frame()
+        self.frames_in += 1
+        self.wait_ms.append(max(0.0, queued_s) * 1000)
+
     def sink_latency(self, capture_ts: float) -> None:
         """Record a frame's end-to-end latency, from capture to done at this sink."""
         now = time.time()

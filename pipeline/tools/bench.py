@@ -121,7 +121,10 @@ def sequential_run(topology: Topology, out: Path, context: dict[str, Any], openc
             topology.params[name],
             name=name,
             context=StageContext(
-                out=str(out), label=name, stream=topology.stream_id(name), streams=tuple(topology.streams[name]),
+                out=str(out),
+                label=name,
+                stream=topology.stream_id(name),
+                streams=tuple(topology.streams[name]),
                 run=topology.metadata[name],
             ),
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ExitCode, PipelineError
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 log = logging.getLogger("pipeline")
@@ -24,12 +24,28 @@ def _setup_logging(verbose: bool) -> int:
     return level
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
+def _check_writable(folder: Path, option: str) -> None:
+    """Fail before any worker starts when outputs could not be written (instead of a restart loop)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise PipelineError(f"{option} {folder}: cannot write there: {exc.strerror or exc}") from None
 
 
-@click.group()
+class _Commands(click.Group):
+    """Every command's errors end here: one line naming what is wrong and where, and a named exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PipelineError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(ExitCode.CONFIG)
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """Real-time facial emotion recognition as a streaming pipeline of processes."""
 
@@ -87,6 +103,7 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
     from pipeline.streaming.topology import load_topology
 
     level = _setup_logging(verbose)
+    _check_writable(Path(out_dir), "--out")
     own_runtime = runtime_dir is None
     runtime = Path(runtime_dir or tempfile.mkdtemp(prefix="emopipe-"))
     try:
@@ -110,8 +127,6 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
         )
         install_signal_handlers(launcher)
         result = launcher.run()
-    except PipelineError as exc:
-        _fail(exc)
     finally:
         if own_runtime:
             shutil.rmtree(runtime, ignore_errors=True)
@@ -129,10 +144,7 @@ def validate(config, overrides, source):
     """Check CONFIG without starting anything."""
     from pipeline.streaming.topology import load_topology
 
-    try:
-        topology = load_topology(config, tempfile.gettempdir(), list(overrides), source)
-    except PipelineError as exc:
-        _fail(exc)
+    topology = load_topology(config, tempfile.gettempdir(), list(overrides), source)
     for name in topology.order:
         stage = topology.stages[name]
         inputs = ", ".join(link.source for link in stage.inputs) or "-"
@@ -196,10 +208,7 @@ def train(
         segmentation=segmentation == "on",
         resume=resume,
     )
-    try:
-        meta = finalize(cfg, weights=from_weights) if export_only else run_training(cfg)
-    except PipelineError as exc:
-        _fail(exc)
+    meta = finalize(cfg, weights=from_weights) if export_only else run_training(cfg)
     ev = meta["evaluation"]
     click.echo(f"{out_dir}: {ev['split']} accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}, n={ev['n']}")
 
@@ -214,10 +223,7 @@ def ensemble(models, data, out_dir, mirror):
     from train.train import export_ensemble
 
     _setup_logging(False)
-    try:
-        meta = export_ensemble(list(models), out_dir, data, mirror)
-    except PipelineError as exc:
-        _fail(exc)
+    meta = export_ensemble(list(models), out_dir, data, mirror)
     ev, val = meta["evaluation"], meta["validation"]
     click.echo(f"{out_dir}: validation accuracy {val['accuracy']:.4f}; {ev['split']} accuracy {ev['accuracy']:.4f}, "
                f"macro-F1 {ev['macro_f1']:.4f}, n={ev['n']}")  # fmt: skip
@@ -240,10 +246,7 @@ def evaluate(data, model, detect, prefix, as_json):
     from train.report import format_report
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
-    try:
-        result = evaluate_folder(data, model, detect, prefix)
-    except PipelineError as exc:
-        _fail(exc)
+    result = evaluate_folder(data, model, detect, prefix)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -262,10 +265,7 @@ def report(db, out_dir, bin_s):
     """Write an HTML report with plots and CSV exports from an emotion log (also while it is written)."""
     from pipeline.analytics.report import write_report
 
-    try:
-        path = write_report(db, out_dir, bin_s)
-    except PipelineError as exc:
-        _fail(exc)
+    path = write_report(db, out_dir, bin_s)
     click.echo(path)
 
 
@@ -284,10 +284,7 @@ def bench(config, source, paced_fps, frames, as_json, plot, codec):
     from pipeline.tools.bench import format_bench, plot_bench, run_bench
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    try:
-        result = run_bench(config, source, paced_fps, frames, codec)
-    except PipelineError as exc:
-        _fail(exc)
+    result = run_bench(config, source, paced_fps, frames, codec)
     if plot:
         plot_bench(result, Path(plot))
     if as_json:

@@ -12,8 +12,6 @@ import numpy as np
 FACE_SIZE = 48  # FER2013 resolution; the CNN's input is FACE_SIZE x FACE_SIZE
 SEGMENTATION_VERSION = 2  # bump when segment_face changes: cached channels and models depend on it
 
-# FER2013's label order (the csv's `emotion` column indexes this tuple).
-EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 _GRID_Y, _GRID_X = (g.ravel() / (FACE_SIZE - 1) for g in np.mgrid[0:FACE_SIZE, 0:FACE_SIZE].astype(np.float32))
 

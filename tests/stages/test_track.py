@@ -2,7 +2,7 @@ import numpy as np
 
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import StageContext
-from pipeline.vision.faces import EMOTIONS
+from pipeline.vision.emotions import EMOTIONS
 from pipeline.vision.record import FACES, Face, faces_of
 from stages.track import Track, Tracker, TrackParams, iou
 

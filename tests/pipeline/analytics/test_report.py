@@ -8,7 +8,7 @@ from pipeline.analytics.report import write_report
 from pipeline.errors import PipelineError
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import StageContext
-from pipeline.vision.faces import EMOTIONS
+from pipeline.vision.emotions import EMOTIONS
 from pipeline.vision.record import FACES, Face
 from stages.log import Log, LogParams
 
