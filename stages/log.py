@@ -32,6 +32,7 @@ def schema(classes: list[str]) -> str:
     return SCHEMA.replace("{probabilities}", ", ".join(columns))
 
 
+INSERT_FRAME = "INSERT INTO frames VALUES (?, ?, ?, ?, ?)"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS detections (
     stream TEXT NOT NULL,
@@ -95,6 +96,8 @@ class Log(Stage):
         self._frames: list[tuple] = []
         self._last_flush = time.monotonic()
         self.rows = 0
+        self.rejected = 0  # rows the database refused (logged one by one)
+        self._insert_detection = f"INSERT INTO detections VALUES ({', '.join('?' * (12 + 2 * len(self.classes)))})"
 
     def process(self, msg: Message) -> None:
         latency = (time.time() - msg.ts) * 1000
@@ -127,25 +130,49 @@ class Log(Stage):
         return None
 
     def flush(self) -> bool:
-        """Commit buffered rows. On a database error the rows stay buffered for the next try."""
+        """Commit buffered rows; False when the database is busy or failing (rows stay buffered).
+
+        A row the database refuses (a constraint, a value it cannot store) is rejected alone,
+        counted in ``rejected`` and logged; it never holds back the rows after it.
+        """
         self._last_flush = time.monotonic()
         if not self._detections and not self._frames:
             return True
-        placeholders = ", ".join("?" * (12 + 2 * len(self.classes)))
         try:
             with self._db:  # one transaction
-                self._db.executemany(f"INSERT INTO detections VALUES ({placeholders})", self._detections)
-                self._db.executemany("INSERT INTO frames VALUES (?, ?, ?, ?, ?)", self._frames)
-        except sqlite3.Error as exc:
+                self._db.executemany(self._insert_detection, self._detections)
+                self._db.executemany(INSERT_FRAME, self._frames)
+        except sqlite3.OperationalError as exc:  # locked, full, unreachable: worth retrying
             log.error(
                 "%s: cannot write %d rows to %s (%s); keeping them and retrying", self.name, len(self._detections), self.path, exc
             )
             return False
+        except (sqlite3.Error, OverflowError, ValueError):
+            if not self._insert_one_by_one():
+                return False
         self.rows += len(self._detections)
         self._detections.clear()
         self._frames.clear()
         if self._jsonl is not None:
             self._jsonl.flush()
+        return True
+
+    def _insert_one_by_one(self) -> bool:
+        """Insert each buffered row on its own, rejecting the ones the database refuses."""
+        try:
+            with self._db:
+                for sql, rows in ((self._insert_detection, self._detections), (INSERT_FRAME, self._frames)):
+                    for row in list(rows):
+                        try:
+                            self._db.execute(sql, row)
+                        except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                                OverflowError, ValueError) as exc:  # fmt: skip
+                            rows.remove(row)
+                            self.rejected += 1
+                            log.error("%s: rejected a row of stream %s frame %s: %s", self.name, row[0], row[1], exc)
+        except sqlite3.OperationalError as exc:
+            log.error("%s: cannot write to %s (%s); keeping the rows and retrying", self.name, self.path, exc)
+            return False
         return True
 
     def on_eos(self, msg: Message) -> None:

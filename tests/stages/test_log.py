@@ -5,7 +5,7 @@ import numpy as np
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import StageContext
 from pipeline.vision.emotions import EMOTIONS
-from pipeline.vision.record import FACES, Face
+from pipeline.vision.record import FACES, Face, faces_of
 from stages.log import SCHEMA_VERSION, Log, LogParams
 
 
@@ -61,3 +61,20 @@ def test_locked_database_keeps_rows_and_retries(tmp_path, caplog):
     stage.on_stop()
     with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
         assert [r[0] for r in db.execute("SELECT frame FROM detections ORDER BY rowid")] == [0, 1]
+
+
+def test_a_row_the_database_refuses_is_rejected_alone(tmp_path):
+    stage = make_log(tmp_path, batch_rows=1000, flush_s=3600)
+    for seq in range(10):
+        msg = classified(seq)
+        if seq == 3:
+            msg.ts = float("nan")  # SQLite stores NaN as NULL, which the NOT NULL column refuses
+        if seq == 6:
+            faces_of(msg)[0].track = 2**63  # too large for an SQLite integer
+        stage.process(msg)
+    assert stage.flush()
+    stage.on_stop()
+    with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
+        frames = [r[0] for r in db.execute("SELECT frame FROM detections ORDER BY frame")]
+    assert frames == [0, 1, 2, 4, 5, 7, 8, 9]
+    assert stage.rejected == 3  # frame 3's detection and frame row, frame 6's detection
