@@ -9,7 +9,8 @@ class ExitCode(IntEnum):
     OK = 0
     FAILED = 1  # a worker crashed past its restart limit, or data was lost
     CONFIG = 2  # bad configuration, input or usage: reported before anything ran, or fatal at start
-    INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM
+    INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT)
+    TERMINATED = 143  # stopped by SIGTERM (128 + SIGTERM)
 
 
 class PipelineError(Exception):
@@ -26,6 +27,10 @@ class ConfigError(PipelineError):
 
 class MessageError(PipelineError):
     """A message on the wire could not be decoded (malformed, oversized, wrong version)."""
+
+
+class LinkError(PipelineError):
+    """A link between workers is down for longer than its bound (no consumer connected)."""
 
 
 class SourceError(PipelineError):

@@ -54,13 +54,15 @@ def open_source(source: str) -> cv2.VideoCapture | list[Path]:
     return cap
 
 
-def read_frames(source: cv2.VideoCapture | list[Path]) -> Iterator[np.ndarray]:
-    """Yield BGR frames until the source ends; unreadable folder images are skipped."""
+def read_frames(source: cv2.VideoCapture | list[Path], unreadable: list[str] | None = None) -> Iterator[np.ndarray]:
+    """Yield BGR frames until the source ends; unreadable folder images are skipped (and listed in ``unreadable``)."""
     if isinstance(source, list):
         for path in source:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
                 yield image
+            elif unreadable is not None:
+                unreadable.append(str(path))
         return
     while True:
         ok, frame = source.read()
@@ -76,12 +78,21 @@ class Capture(Stage):
     provides = frozenset({"image"})
     is_source = True
     _source: cv2.VideoCapture | list[Path] | None = None  # set by on_start
+    _truncated: str | None = None  # what a file that ended early lost
+    _unreadable: tuple[str, ...] | list[str] = ()  # folder images that could not be read
 
     def on_start(self) -> None:
         p: CaptureParams = self.params
         self._source = open_source(p.source)
         native = self._source.get(cv2.CAP_PROP_FPS) if isinstance(self._source, cv2.VideoCapture) else 0
         self.fps = p.fps or (native if native and native < 1000 else 30.0)
+        self._resume_after = 0
+        self._unreadable: list[str] = []
+        self._truncated: str | None = None
+
+    def resume(self, emitted: int) -> None:
+        """Skip the frames an earlier start of this worker already sent (files and folders)."""
+        self._resume_after = emitted
 
     def generate(self) -> Iterator[Message]:
         p: CaptureParams = self.params
@@ -89,8 +100,13 @@ class Capture(Stage):
         sent = 0
         next_due = time.monotonic()
         while True:
-            for i, frame in enumerate(read_frames(self._source)):
+            read = 0
+            for i, frame in enumerate(read_frames(self._source, self._unreadable)):
+                read += 1
                 if i % (1 + p.skip):
+                    continue
+                if sent < self._resume_after:  # sent before a restart: skipped, not paced
+                    sent += 1
                     continue
                 if period:
                     delay = next_due - time.monotonic()
@@ -104,10 +120,25 @@ class Capture(Stage):
                 sent += 1
                 if p.max_frames and sent >= p.max_frames:
                     return
+            self._check_complete(read)
             if not p.loop or isinstance(self._source, list) and not self._source:
                 return
             if isinstance(self._source, cv2.VideoCapture):
                 self._source.set(cv2.CAP_PROP_POS_FRAMES, 0)
+
+    def _check_complete(self, read: int) -> None:
+        """Note a file that ended before the frame count its container announced (damaged, truncated)."""
+        if not isinstance(self._source, cv2.VideoCapture) or URL.match(self.params.source) or self.params.source.isdigit():
+            return
+        announced = int(self._source.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        if read < announced - 1:  # some containers round the count; one frame short is not damage
+            self._truncated = f"{self.params.source}: stopped at frame {read} of {announced} (damaged or truncated file)"
+
+    def losses(self) -> list[str]:
+        lost = [self._truncated] if self._truncated else []
+        if self._unreadable:
+            lost.append(f"{len(self._unreadable)} unreadable images skipped (first: {self._unreadable[0]})")
+        return lost
 
     def on_stop(self) -> None:
         if isinstance(self._source, cv2.VideoCapture):

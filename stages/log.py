@@ -14,10 +14,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.streaming.message import Message
-from pipeline.streaming.stage import Params, Stage
+from pipeline.streaming.stage import Params, Stage, inside_out
 from pipeline.vision.emotions import EMOTIONS
 from pipeline.vision.record import faces_of
 
@@ -33,6 +33,7 @@ def schema(classes: list[str]) -> str:
 
 
 INSERT_FRAME = "INSERT INTO frames VALUES (?, ?, ?, ?, ?)"
+RUNNING_BUSY_TIMEOUT_S = 0.05
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS detections (
     stream TEXT NOT NULL,
@@ -65,6 +66,8 @@ class LogParams(Params):
     flush_s: float = Field(1.0, gt=0, le=3600, description="commit at least this often (seconds)")
     busy_timeout_s: float = Field(5.0, ge=0, le=600, description="how long a write waits for a locked database")
 
+    _inside_out = field_validator("database", "jsonl")(inside_out)
+
 
 class Log(Stage):
     """Writes detections to ``OUT/emotions.sqlite`` (table ``detections``, schema version 1)."""
@@ -74,6 +77,7 @@ class Log(Stage):
     is_sink = True
     ordered_input = True
     _db: sqlite3.Connection | None = None  # set by on_start
+    rejected = unwritten = 0  # rows refused by the database; rows still buffered when it stopped
 
     def on_start(self) -> None:
         p: LogParams = self.params
@@ -82,7 +86,9 @@ class Log(Stage):
         # The model fixes the classes for the run; without a classifier the columns stay FER's.
         self.classes = list(self.context.run.get("classes", EMOTIONS))
         self.path = out / p.database
-        self._db = sqlite3.connect(self.path, timeout=p.busy_timeout_s)
+        # While frames flow, a locked database must not hold up the loop: rows wait in the buffer
+        # and are retried with back-off. The full busy timeout applies only to the last flushes.
+        self._db = sqlite3.connect(self.path, timeout=min(p.busy_timeout_s, RUNNING_BUSY_TIMEOUT_S))
         self._db.execute("PRAGMA journal_mode=WAL")  # readers (reports) never block the writer
         self._db.executescript(schema(self.classes))
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -97,6 +103,7 @@ class Log(Stage):
         self._last_flush = time.monotonic()
         self.rows = 0
         self.rejected = 0  # rows the database refused (logged one by one)
+        self._failures, self._retry_at, self._error = 0, 0.0, ""  # a busy or failing database
         self._insert_detection = f"INSERT INTO detections VALUES ({', '.join('?' * (12 + 2 * len(self.classes)))})"
 
     def process(self, msg: Message) -> None:
@@ -125,7 +132,8 @@ class Log(Stage):
                     "smoothed": dict(zip(self.classes, face.smoothed)) if face.smoothed else None,
                 }
                 self._jsonl.write(json.dumps(record) + "\n")
-        if len(self._detections) >= self.params.batch_rows or time.monotonic() - self._last_flush >= self.params.flush_s:
+        due = len(self._detections) >= self.params.batch_rows or time.monotonic() - self._last_flush >= self.params.flush_s
+        if due and time.monotonic() >= self._retry_at:  # a busy database is retried with back-off, not every frame
             self.flush()
         return None
 
@@ -143,6 +151,9 @@ class Log(Stage):
                 self._db.executemany(self._insert_detection, self._detections)
                 self._db.executemany(INSERT_FRAME, self._frames)
         except sqlite3.OperationalError as exc:  # locked, full, unreachable: worth retrying
+            self._failures += 1
+            self._retry_at = time.monotonic() + min(30.0, 2.0**self._failures)
+            self._error = str(exc)
             log.error(
                 "%s: cannot write %d rows to %s (%s); keeping them and retrying", self.name, len(self._detections), self.path, exc
             )
@@ -150,6 +161,7 @@ class Log(Stage):
         except (sqlite3.Error, OverflowError, ValueError):
             if not self._insert_one_by_one():
                 return False
+        self._failures, self._retry_at = 0, 0.0
         self.rows += len(self._detections)
         self._detections.clear()
         self._frames.clear()
@@ -176,16 +188,25 @@ class Log(Stage):
         return True
 
     def on_eos(self, msg: Message) -> None:
+        self._db.execute(f"PRAGMA busy_timeout = {int(self.params.busy_timeout_s * 1000)}")
         self.flush()
 
     def on_stop(self) -> None:
         if self._db is None:
             return
+        self._db.execute(f"PRAGMA busy_timeout = {int(self.params.busy_timeout_s * 1000)}")
         for attempt in range(5):
             if self.flush():
                 break
             time.sleep(0.5 * (attempt + 1))
+        self.unwritten = len(self._detections) + len(self._frames)
         self._db.close()
         self._db = None
         if self._jsonl is not None:
             self._jsonl.close()
+
+    def losses(self) -> list[str]:
+        lost = [f"{self.rejected} rows refused by the database (see the log)"] if self.rejected else []
+        if self.unwritten:
+            lost.append(f"{self.unwritten} rows not written to {self.path}: {self._error or 'database unavailable'}")
+        return lost

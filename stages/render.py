@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.errors import PipelineError
 from pipeline.streaming.message import Message
-from pipeline.streaming.stage import IMAGE, Params, Stage
+from pipeline.streaming.stage import IMAGE, Params, Stage, inside_out
 from pipeline.vision.emotions import bgr
 from pipeline.vision.record import Face, faces_of
+from pipeline.vision.recording import SegmentedVideo, open_writer
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,10 @@ log = logging.getLogger(__name__)
 class RenderParams(Params):
     output: Literal["file", "window", "none"] = Field("file", description="file: OUT/<filename>; window: a display; none")
     filename: str = Field("annotated.mp4", description="video file name inside the output directory")
+    segment_s: float = Field(
+        2.0, gt=0, le=3600, description="seconds of video per segment file: a killed render loses at most this much"
+    )
+    _inside_out = field_validator("filename")(inside_out)
     fourcc: str = Field("mp4v", min_length=4, max_length=4, description="OpenCV codec code of the video file")
     bars: bool = Field(True, description="draw a small bar chart of the class probabilities beside each face")
     http_port: int | None = Field(None, ge=0, le=65535, description="serve a live view (MJPEG + dashboard) on this port")
@@ -53,6 +59,18 @@ def draw_faces(image: np.ndarray, faces: list[Face], classes: list[str] | None, 
     return out
 
 
+def _check_fourcc(fourcc: str) -> None:
+    """Refuse at start a codec OpenCV cannot write here, instead of failing on every frame.
+
+    The probe goes to the temp folder: a full output disk is a different fault, reported as such.
+    """
+    with tempfile.TemporaryDirectory(prefix="emopipe-fourcc-") as tmp:
+        try:
+            open_writer(Path(tmp) / "probe.mp4", fourcc, 30.0, (64, 64)).release()
+        except PipelineError:
+            raise PipelineError(f"render.fourcc: OpenCV cannot write {fourcc!r} videos on this machine (try mp4v)") from None
+
+
 class Render(Stage):
     """Annotates frames and writes them to a video file or a window, in capture order."""
 
@@ -61,14 +79,18 @@ class Render(Stage):
     is_sink = True
     ordered_input = True
     live = None  # a LiveServer with http_port; set by on_start
-    _writers: dict[str, cv2.VideoWriter] = {}  # noqa: RUF012 - replaced per instance in on_start
+    _videos: dict[str, SegmentedVideo] = {}  # noqa: RUF012 - replaced per instance in on_start
+    _lost: tuple[str, ...] | list[str] = ()
 
     def on_start(self) -> None:
         p: RenderParams = self.params
-        self._writers: dict[str, cv2.VideoWriter] = {}
+        self._videos: dict[str, SegmentedVideo] = {}
+        self._lost: list[str] = []
         self.frames = 0
         if p.output == "window" and not os.environ.get("DISPLAY"):
             raise PipelineError("render.output=window needs a display (DISPLAY is not set); use file or none")
+        if p.output == "file":
+            _check_fourcc(p.fourcc)
         self.live = None
         if p.http_port is not None:
             from pipeline.analytics.live import LiveServer
@@ -97,24 +119,36 @@ class Render(Stage):
             cv2.imshow(f"{self.name} {msg.stream}", frame)
             cv2.waitKey(1)
         elif p.output == "file":
-            self._writer(msg.stream, frame, float(msg.meta.get("fps", 30.0))).write(frame)
+            self._video(msg.stream, float(msg.meta.get("fps", 30.0))).write(frame)
             self.frames += 1
         return None
 
-    def _writer(self, stream: str, frame: np.ndarray, fps: float) -> cv2.VideoWriter:
-        if stream not in self._writers:
-            path = self.video_path(stream)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            height, width = frame.shape[:2]
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.params.fourcc), fps, (width, height))
-            if not writer.isOpened():
-                raise PipelineError(f"{path}: cannot open a {self.params.fourcc} video writer")
-            self._writers[stream] = writer
-        return self._writers[stream]
+    def _video(self, stream: str, fps: float) -> SegmentedVideo:
+        if stream not in self._videos:
+            segment = max(1, round(fps * self.params.segment_s))
+            video = SegmentedVideo(self.video_path(stream), self.params.fourcc, fps, self.context.restarts, segment)
+            self._videos[stream] = video
+        return self._videos[stream]
+
+    def on_eos(self, msg: Message) -> None:
+        """Finish the stream's video file: its segments, from every start of this worker, joined."""
+        video = self._videos.pop(msg.stream, None)
+        if video is not None:
+            self._finish(video)
+
+    def _finish(self, video: SegmentedVideo) -> None:
+        try:
+            video.finish()
+        except (PipelineError, OSError, cv2.error) as exc:  # a full disk: the segments stay for a later join
+            log.error("%s: cannot finish %s: %s", self.name, video.path, exc)
+            self._lost.append(f"{video.path} not finished ({exc}); its segments are in {video.parts}")
+
+    def losses(self) -> list[str]:
+        return list(self._lost)
 
     def on_stop(self) -> None:
         if self.live is not None:
             self.live.close()
-        for writer in self._writers.values():
-            writer.release()  # finishes the file: a stopped run leaves a playable video
-        self._writers = {}
+        for video in self._videos.values():
+            self._finish(video)  # a stopped run leaves a playable video of what it rendered
+        self._videos = {}

@@ -7,7 +7,9 @@ frames/s (measured from the per-stage timestamps each frame carries).
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import sys
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -93,8 +95,14 @@ refresh();
 """
 
 
-def _handler(state: LiveState) -> type[BaseHTTPRequestHandler]:
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+IDLE_TIMEOUT_S = 30.0  # a viewer that takes nothing for this long is dropped (its thread ends)
+
+
+def _handler(state: LiveState, loopback: bool) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = IDLE_TIMEOUT_S
+
         def log_message(self, *args: Any) -> None:  # quiet: the pipeline has its own log
             pass
 
@@ -107,6 +115,10 @@ def _handler(state: LiveState) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
+            if loopback and host not in LOOPBACK_NAMES:  # a page elsewhere rebinding its name to us (DNS rebinding)
+                self.send_error(403, "unknown Host")
+                return
             path = self.path.split("?")[0]
             if path in ("/", "/index.html"):
                 self._send(DASHBOARD.encode(), "text/html; charset=utf-8")
@@ -139,12 +151,27 @@ def _handler(state: LiveState) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A viewer that went away is normal, not a traceback in the pipeline's log."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether the live view listens only on this machine (then only loopback names may address it)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class LiveServer:
     """An HTTP server in a daemon thread."""
 
     def __init__(self, host: str, port: int):
         self.state = LiveState()
-        self._server = ThreadingHTTPServer((host, port), _handler(self.state))
+        self._server = _Server((host, port), _handler(self.state, _is_loopback(host)))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="live-view", daemon=True)
         self._thread.start()

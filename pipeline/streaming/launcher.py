@@ -30,16 +30,22 @@ from pipeline.streaming.topology import Topology
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 10.0
+STALL_TIMEOUT_S = 20.0  # a worker whose producers all finished, with no input for this long, waits in vain
 
 
 @dataclass
 class Worker:
+    """One worker as the launcher sees it: its plan, its process or thread, what it reported."""
+
     plan: WorkerPlan
     handle: Any = None
     restarts: int = 0
     finished: bool = False
     fatal: str | None = None
+    fatal_code: int = ExitCode.CONFIG
     stats: dict[str, Any] | None = None
+    earlier: list[dict[str, Any]] = field(default_factory=list)  # last figures of each earlier start
+    last_input: float = field(default_factory=time.monotonic)  # when frames_in last grew
 
     @property
     def stage(self) -> str:
@@ -53,15 +59,25 @@ class Worker:
     def label(self) -> str:
         return f"{self.stage}[{self.index}]"
 
+    def restart(self) -> None:
+        if self.stats:
+            self.earlier.append(self.stats)
+        self.stats, self.restarts, self.last_input = None, self.restarts + 1, time.monotonic()
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Figures of every start of this worker (a restarted worker's counts add up)."""
+        return self.earlier + ([self.stats] if self.stats else [])
+
 
 @dataclass
 class RunResult:
-    """How a run ended: exit code, per-stage summary, events seen."""
+    """How a run ended: exit code, per-stage summary, events seen, data lost."""
 
     code: int
     stages: dict[str, dict[str, Any]]
     events: list[dict[str, Any]] = field(default_factory=list)
-    snapshots: list[dict[str, Any]] = field(default_factory=list)  # each worker's last figures
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # each start of each worker, last figures
+    lost: list[str] = field(default_factory=list)  # what was lost, one line each; non-empty: code is not OK
     started: float = 0.0
     ended: float = 0.0
 
@@ -91,8 +107,10 @@ class Launcher:
         self.max_restarts = max_restarts
         self.on_event = on_event
         self.stop_requested = threading.Event()
+        self.stop_code = ExitCode.INTERRUPTED  # SIGTERM makes it TERMINATED
         self.control_endpoint = f"ipc://{topology.runtime_dir / 'control'}"
         self._pids: set[int] = set()  # of workers that ran, to clean up frame rings they left
+        self._control: zmq.Socket | None = None  # events from the workers, while running
 
     # --- how a worker starts and stops: overridden by the two launchers ----------
     def start_worker(self, worker: Worker) -> None:
@@ -108,6 +126,10 @@ class Launcher:
     def kill(self, worker: Worker) -> None:
         raise NotImplementedError
 
+    def settings(self, worker: Worker) -> dict[str, Any]:
+        """Run-wide settings for one start of a worker."""
+        return {**self.context, "restarts": worker.restarts, "state_dir": str(self.topology.runtime_dir)}
+
     # --- supervision -------------------------------------------------------------
     def run(self) -> RunResult:
         """Start every local worker, supervise, and return when all have ended."""
@@ -116,56 +138,93 @@ class Launcher:
         control = ctx.socket(zmq.PULL)
         control.setsockopt(zmq.LINGER, 0)
         control.bind(self.control_endpoint)
+        self._control = control
         workers = [Worker(plan) for plan in self.plans]  # consumers first
-        result = RunResult(code=0, stages={}, started=time.time())
+        result = RunResult(code=ExitCode.OK, stages={}, started=time.time())
         try:
             for w in workers:
                 self.start_worker(w)
             log.info("started %d workers: %s", len(workers), ", ".join(w.label for w in workers))
-            result.code = self._supervise(workers, control, result.events)
+            result.code = self._supervise(workers, control, result)
         finally:
             self._stop_all(workers)
             self._drain(control, workers, result.events)
             control.close(linger=0)
+            self._control = None
             ctx.term()
             remove_rings(self._pids)
         result.ended = time.time()
-        result.snapshots = [w.stats for w in workers if w.stats]
+        result.snapshots = [s for w in workers for s in w.snapshots()]
         result.stages = summarise(result.snapshots)
+        result.lost += [line for s in result.snapshots for line in s.get("lost", [])]
+        if result.lost and result.code == ExitCode.OK:
+            result.code = ExitCode.FAILED
         return result
 
-    def _supervise(self, workers: list[Worker], control: zmq.Socket, events: list) -> int:
+    def _supervise(self, workers: list[Worker], control: zmq.Socket, result: RunResult) -> int:
         while True:
             if control.poll(200):
-                self._drain(control, workers, events)
+                self._drain(control, workers, result.events)
             fatal = next((w for w in workers if w.fatal), None)
             if fatal:
                 log.error("stopping: %s failed: %s", fatal.label, fatal.fatal)
-                return ExitCode.CONFIG
+                result.lost.append(f"{fatal.label}: {fatal.fatal}")
+                return fatal.fatal_code
             if self.stop_requested.is_set():
                 log.info("stop requested: stopping %d workers", sum(not w.finished for w in workers))
-                return ExitCode.INTERRUPTED
+                return self.stop_code
             for w in workers:
-                if w.finished:
-                    continue
-                code = self.exit_code(w)
-                if code is None:
-                    continue
-                self._drain(control, workers, events)
-                if w.fatal:
-                    break
-                if code == 0:
-                    w.finished = True
-                    continue
-                if w.restarts >= self.max_restarts:
-                    log.error("%s crashed (exit %s) after %d restarts: giving up", w.label, code, w.restarts)
+                if not w.finished and not self._check(w, workers, result.events):
+                    log.error("%s crashed after %d restarts: giving up", w.label, w.restarts)
+                    result.lost.append(f"{w.label}: crashed more than --max-restarts {self.max_restarts} times")
                     return ExitCode.FAILED
-                w.restarts += 1
-                log.warning("%s crashed (exit %s); restarting (%d/%d)", w.label, code, w.restarts, self.max_restarts)
-                events.append({"event": "restart", "stage": w.stage, "worker": w.index, "exit": code})
-                self.start_worker(w)
+            self._stop_stalled(workers, result)
             if all(w.finished for w in workers):
                 return ExitCode.OK
+
+    def _check(self, w: Worker, workers: list[Worker], events: list) -> bool:
+        """Look at a running worker: note its end, restart it after a crash. False: out of restarts."""
+        code = self.exit_code(w)
+        if code is None:
+            return True
+        self._drain_pending(workers, events)
+        if w.fatal:
+            return True
+        if code == 0:
+            w.finished = True
+            return True
+        if w.restarts >= self.max_restarts:
+            return False
+        w.restart()
+        log.warning("%s crashed (exit %s); restarting (%d/%d)", w.label, code, w.restarts, self.max_restarts)
+        events.append({"event": "restart", "stage": w.stage, "worker": w.index, "exit": code})
+        self.start_worker(w)
+        return True
+
+    def _stop_stalled(self, workers: list[Worker], result: RunResult) -> None:
+        """Stop a worker that waits for an end-of-stream no producer will send.
+
+        Its producers all ended here, yet it got no input for ``STALL_TIMEOUT_S``: it was
+        restarted after their end-of-stream, or the marker was lost. Waiting longer cannot help.
+        """
+        done = {w.plan.id for w in workers if w.finished}
+        local = {w.plan.id for w in workers}
+        for w in workers:
+            producers = set().union(*w.plan.producers.values()) if w.plan.producers else set()
+            if w.finished or w.fatal or not producers or not producers <= local or not producers <= done:
+                continue
+            if time.monotonic() - w.last_input > STALL_TIMEOUT_S:
+                log.error(
+                    "%s: its producers ended but no end-of-stream reached it in %.0f s: stopping it", w.label, STALL_TIMEOUT_S
+                )
+                result.lost.append(f"{w.label}: never got end-of-stream from {', '.join(sorted(producers))}; stopped")
+                self.terminate(w)
+                w.finished = True
+
+    def _drain_pending(self, workers: list[Worker], events: list) -> None:
+        """Read what a worker sent before it ended (its last figures, a fatal error)."""
+        if self._control is not None:
+            self._drain(self._control, workers, events)
 
     def _drain(self, control: zmq.Socket, workers: list[Worker], events: list) -> None:
         by_key = {(w.stage, w.index): w for w in workers}
@@ -179,9 +238,12 @@ class Launcher:
             if kind == "started":
                 self._pids.add(event["pid"])
             if w is not None and kind in ("stats", "done"):
+                if event["stats"]["frames_in"] > (w.stats or {}).get("frames_in", 0):
+                    w.last_input = time.monotonic()
                 w.stats = event["stats"]
             if w is not None and kind == "fatal":
                 w.fatal = event.get("error", "failed")
+                w.fatal_code = event.get("code", ExitCode.CONFIG)
             if kind != "stats":
                 events.append(event)
             if self.on_event:
@@ -217,7 +279,7 @@ class ProcessLauncher(Launcher):
         process = self._mp.Process(
             target=_process_main,
             name=worker.label,
-            args=(worker.plan, self.context, self.control_endpoint),
+            args=(worker.plan, self.settings(worker), self.control_endpoint),
         )
         process.start()
         worker.handle = process  # only once started: stopping a worker that never started is a no-op
@@ -241,7 +303,7 @@ class ThreadLauncher(Launcher):
 
         def target() -> None:
             try:
-                box["code"] = run_worker(worker.plan, self.context, self.control_endpoint, stop)
+                box["code"] = run_worker(worker.plan, self.settings(worker), self.control_endpoint, stop)
             except BaseException:  # noqa: BLE001 - reported as a crash, like a dead process
                 log.exception("%s crashed", worker.label)
                 box["code"] = 1
@@ -266,6 +328,7 @@ def install_signal_handlers(launcher: Launcher) -> None:
 
     def handler(signum, _frame):
         log.info("received %s", signal.Signals(signum).name)
+        launcher.stop_code = ExitCode.TERMINATED if signum == signal.SIGTERM else ExitCode.INTERRUPTED
         launcher.stop_requested.set()
 
     signal.signal(signal.SIGINT, handler)

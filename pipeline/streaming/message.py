@@ -101,9 +101,15 @@ class Message:
         return f"stream {self.stream} frame {self.seq}"
 
     @classmethod
-    def eos(cls, stream: str, count: int) -> Message:
-        """End-of-stream after ``count`` frames of ``stream``."""
-        return cls(kind=EOS, stream=stream, seq=count)
+    def eos(cls, stream: str, count: int, sender: str) -> Message:
+        """End-of-stream after ``count`` frames of ``stream``, signed by the worker ``sender``."""
+        return cls(kind=EOS, stream=stream, seq=count, meta={"from": sender})
+
+    @property
+    def sender(self) -> str | None:
+        """Which worker sent this end-of-stream (``stage:index``)."""
+        sender = self.meta.get("from")
+        return sender if isinstance(sender, str) else None
 
 
 def _array_spec(array: np.ndarray) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class StageMetrics:
     dropped: int = 0  # drop-oldest: older frames discarded at this stage's input or output
     late: int = 0  # frames that arrived after the reorder buffer had moved past them
     errors: int = 0  # malformed messages and exceptions in process()
+    malformed: int = 0  # of the errors, messages that could not be decoded (not frames of this run)
     busy_s: float = 0.0  # time spent in process(), for CPU share and ideal throughput
     cpu_s: float = 0.0  # the whole process: stage, transport, library threads
     cpu_at_first_frame_s: float | None = None  # cpu_s when the first frame came: start-up cost excluded
@@ -80,6 +81,11 @@ class StageMetrics:
         self.frames_in += 1
         self.wait_ms.append(max(0.0, queued_s) * 1000)
 
+    def sent(self, delivered: bool, dropped: int, sink: bool) -> None:
+        """Count a frame sent on (``delivered`` on some link; ``dropped`` by as many), or consumed by a sink."""
+        self.frames_out += delivered or sink
+        self.dropped += dropped
+
     def sink_latency(self, capture_ts: float) -> None:
         """Record a frame's end-to-end latency, from capture to done at this sink."""
         now = time.time()
@@ -101,6 +107,7 @@ class StageMetrics:
             "dropped": self.dropped,
             "late": self.late,
             "errors": self.errors,
+            "malformed": self.malformed,
             "busy_s": round(self.busy_s, 4),
             "cpu_s": round(self.cpu_s, 3),
             "cpu_steady_s": round(self.cpu_s - (self.cpu_at_first_frame_s or self.cpu_s), 3),
@@ -117,6 +124,7 @@ class StageMetrics:
 def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Merge worker snapshots into one row per stage."""
     rows: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[str, int]] = set()
     for snap in snapshots:
         row = rows.setdefault(
             snap["stage"],
@@ -138,7 +146,8 @@ def summarise(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 "latency_ms": [],
             },
         )
-        row["workers"] += 1
+        row["workers"] += (snap["stage"], snap["worker"]) not in seen  # a restarted worker's starts count once
+        seen.add((snap["stage"], snap["worker"]))
         for key in ("frames_in", "frames_out", "dropped", "late", "errors", "busy_s", "cpu_s", "cpu_steady_s"):
             row[key] += snap[key]
         row["rss_mib"] = max(row["rss_mib"], snap["rss_mib"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.streaming.stage import IMAGE, Params, Stage
-from pipeline.streaming.topology import Topology
+from pipeline.streaming.topology import Topology, worker_id
 
 REORDER_CAPACITY = 128
 REORDER_WAIT_S = 10.0  # lossless links lose a frame only with a crashed worker: worth waiting for
@@ -73,13 +73,18 @@ class WorkerPlan:
     input: InputPlan | None
     outputs: tuple[OutputPlan, ...]
     stream: str | None  # sources: the stream id stamped on every frame
-    expected_eos: Mapping[str, int]  # stream -> end-of-stream markers that reach this worker
+    producers: Mapping[str, frozenset[str]]  # stream -> ids of the upstream workers whose end-of-stream ends it
     needs_image: bool  # this stage reads the pixels of every frame
     run: Mapping[str, Any] = field(default_factory=dict)  # run metadata fixed upstream and here
 
     @property
     def label(self) -> str:
         return f"{self.stage}[{self.worker}]" if self.workers > 1 else self.stage
+
+    @property
+    def id(self) -> str:
+        """What this worker signs its end-of-stream markers with."""
+        return worker_id(self.stage, self.worker)
 
 
 def compile_plan(topology: Topology, name: str, worker: int) -> WorkerPlan:
@@ -105,7 +110,9 @@ def compile_plan(topology: Topology, name: str, worker: int) -> WorkerPlan:
             for consumer, link in topology.consumers(name)
         ),
         stream=topology.stream_id(name) if cls.is_source else None,
-        expected_eos={s: topology.expected_eos(name, s) for s in sorted(topology.streams[name])} if not cls.is_source else {},
+        producers={s: frozenset(topology.producers(name, s)) for s in sorted(topology.streams[name])}
+        if not cls.is_source
+        else {},
         needs_image=IMAGE in topology.contracts[name].requires,
         run=dict(topology.metadata[name]),
     )

@@ -14,11 +14,13 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from pipeline.errors import ExitCode, PipelineError
+from pipeline.errors import ExitCode, LinkError, PipelineError
 from pipeline.streaming.message import Message
 from pipeline.streaming.metrics import StageMetrics
 from pipeline.streaming.outbound import Outbound
@@ -26,11 +28,13 @@ from pipeline.streaming.plan import REORDER_CAPACITY, WorkerPlan
 from pipeline.streaming.reorder import ReorderBuffer
 from pipeline.streaming.shm import SharedFrames
 from pipeline.streaming.stage import Stage, StageContext
-from pipeline.streaming.transport import EOS_SEND_TIMEOUT_S, POLL_MS, Control, PullInput
+from pipeline.streaming.transport import FINISH_TIMEOUT_S, POLL_MS, Control, PullInput
 
 log = logging.getLogger(__name__)
 
 STATS_EVERY_S = 1.0
+LOUD_ERRORS = 20  # per-frame errors logged one by one; after that, one in QUIET_EVERY
+QUIET_EVERY = 1000
 
 
 def run_worker(
@@ -61,9 +65,10 @@ def run_worker(
     try:
         try:
             stage.on_start()
+            start = _resume(stage, plan, settings) if inp is None and plan.input is None else 0
         except PipelineError as exc:  # bad source, model, file: restarting will not help
             log.error("%s: %s", plan.label, exc)
-            control.emit("fatal", error=str(exc))
+            control.emit("fatal", error=str(exc), code=ExitCode.CONFIG)
             return ExitCode.CONFIG
         # Ready once started and every consumer is ready; only then bind the input, so that
         # upstream (and in the end the source) waits instead of queueing frames during start-up.
@@ -72,15 +77,21 @@ def run_worker(
             inp = PullInput(ctx, plan.input, loop.shared, loop.report.malformed, loop.report.dropped)
         control.emit("started")
         log.info("%s: started in process %d", plan.label, os.getpid())
-        loop.run_source() if inp is None else loop.run_stage(inp)
+        loop.run_source(start, _progress_file(plan, settings)) if inp is None else loop.run_stage(inp)
         finished = True
         return ExitCode.OK
+    except LinkError as exc:  # a consumer gone for good: the run cannot complete
+        log.error("%s: %s", plan.label, exc)
+        control.emit("fatal", error=str(exc), code=ExitCode.FAILED)
+        return ExitCode.FAILED
     finally:
         _stop_stage(stage, plan.label)
         loop.metrics.sample_resources()
-        control.emit("done", stats=loop.metrics.snapshot())  # complete figures, not only recent ones
+        stats = loop.metrics.snapshot()  # complete figures, not only recent ones
+        stats["lost"] = _losses(stage, loop.metrics, plan)
+        control.emit("done", stats=stats)
         if finished:
-            loop.outbound.finish(EOS_SEND_TIMEOUT_S)
+            loop.outbound.finish(FINISH_TIMEOUT_S)
         loop.outbound.close()
         if inp is not None:
             inp.close()
@@ -94,9 +105,43 @@ def _context(plan: WorkerPlan, settings: dict[str, Any]) -> StageContext:
         worker=plan.worker,
         label=plan.label,
         stream=plan.stream,
-        streams=tuple(plan.expected_eos) or (plan.stream,),
+        streams=tuple(plan.producers) or (plan.stream,),
         run=plan.run,
+        restarts=int(settings.get("restarts", 0)),
     )
+
+
+def _progress_file(plan: WorkerPlan, settings: dict[str, Any]) -> Path | None:
+    """Where a source records how many frames it emitted, so that a restart resumes after them."""
+    state = settings.get("state_dir")
+    return Path(state) / f"{plan.id}.emitted" if state else None
+
+
+def _resume(stage: Stage, plan: WorkerPlan, settings: dict[str, Any]) -> int:
+    """The number a restarted source continues at (0 on a first start)."""
+    path = _progress_file(plan, settings)
+    try:
+        emitted = int(path.read_text()) if path is not None and settings.get("restarts") else 0
+    except (OSError, ValueError):
+        emitted = 0
+    if emitted:
+        log.info("%s: restarted after %d frames; resuming after them", plan.label, emitted)
+        stage.resume(emitted)
+    return emitted
+
+
+def _losses(stage: Stage, metrics: StageMetrics, plan: WorkerPlan) -> list[str]:
+    """What this worker lost: what the stage reports, and frames it failed on where that loses data."""
+    try:
+        lost = list(stage.losses())
+    except Exception as exc:  # noqa: BLE001 - a broken report must not hide the others
+        lost = [f"could not tell its losses: {exc!r}"]
+    failed = metrics.errors - metrics.malformed
+    if failed and plan.stage_cls.is_sink:
+        lost.append(f"{failed} frames failed and were not written")
+    elif metrics.frames_in and failed >= metrics.frames_in:
+        lost.append(f"failed on every frame ({failed})")
+    return [f"{plan.label}: {line}" for line in lost]
 
 
 def _stop_stage(stage: Stage, label: str) -> None:
@@ -114,19 +159,30 @@ class _Reporter:
         self._last_stats = time.monotonic()
 
     def fail(self, msg: Message | None, problem: str, exc: BaseException | None = None) -> None:
-        """A frame this worker could not handle: released, counted, logged, sent to the launcher."""
+        """A frame this worker could not handle: released, counted, logged, sent to the launcher.
+
+        The first ``LOUD_ERRORS`` are told one by one, then one in ``QUIET_EVERY`` with the count,
+        so that a flood of hostile messages cannot flood the log.
+        """
         error = problem if msg is None else f"{msg.where}: {problem}"
         if msg is not None:
             self.shared.release(msg.shared)
         self.metrics.errors += 1
-        log.error("%s: %s", self.label, error, exc_info=exc)
-        self.control.emit("error", error=error)
+        if self.metrics.errors <= LOUD_ERRORS or self.metrics.errors % QUIET_EVERY == 0:
+            more = f" ({self.metrics.errors} errors so far)" if self.metrics.errors > LOUD_ERRORS else ""
+            log.error("%s: %s%s", self.label, error, more, exc_info=exc)
+            self.control.emit("error", error=error + more)
 
     def malformed(self, error: str) -> None:
+        self.metrics.malformed += 1  # not a frame of this run: counted apart from lost ones
         self.fail(None, f"dropped malformed message: {error}")
 
     def dropped(self, msg: Message) -> None:
         self.metrics.dropped += 1
+        self.shared.release(msg.shared)
+
+    def late(self, msg: Message) -> None:  # arrived after the reorder buffer moved past it
+        self.metrics.late += 1
         self.shared.release(msg.shared)
 
     def tick(self) -> None:
@@ -153,24 +209,25 @@ class _Loop:
         self.plan, self.stage, self.outbound, self.stop = plan, stage, outbound, stop
         self.metrics, self.shared = StageMetrics(plan.stage, plan.worker), SharedFrames()
         self.report = _Reporter(plan.label, self.metrics, control, self.shared)
-        wait = plan.input and plan.input.reorder_wait_s
-        self.reorder = ReorderBuffer(REORDER_CAPACITY, wait) if wait else None
-        self.waiting = dict(plan.expected_eos)  # stream -> end-of-stream markers still to come
+        self.reorder = ReorderBuffer(REORDER_CAPACITY, wait) if (wait := plan.input and plan.input.reorder_wait_s) else None
+        self.waiting = {s: set(p) for s, p in plan.producers.items()}  # stream -> workers whose end-of-stream is due
         self.parent = os.getppid() if in_process else None
 
-    def run_source(self) -> None:
-        frames, count = iter(self.stage.generate()), 0
+    def run_source(self, count: int, progress: Path | None) -> None:
+        frames = iter(self.stage.generate())
         self.metrics.first_frame()
-        while not self._stopping():
-            with self.metrics.timed():
-                msg = next(frames, None)
-            if msg is None:
-                break
+        while not self._stopping() and (msg := self._generate(frames)) is not None:
             msg.stream, msg.seq, count = self.plan.stream, count, count + 1
             self._send(msg)
+            if progress is not None:
+                progress.write_text(str(count))
             self.report.tick()
         if not self.stop.is_set():
-            self.outbound.broadcast(Message.eos(self.plan.stream, count))
+            self.outbound.broadcast(Message.eos(self.plan.stream, count, self.plan.id))
+
+    def _generate(self, frames: Iterator[Message]) -> Message | None:
+        with self.metrics.timed():
+            return next(frames, None)
 
     def run_stage(self, inp: PullInput) -> None:
         while self.waiting and not self._stopping():
@@ -187,22 +244,23 @@ class _Loop:
         self.metrics.frame_in(msg.meta.pop("_received", time.time()) - max(msg.stamps.values(), default=msg.ts))
         ready, late = self.reorder.push(msg) if self.reorder else ([msg], 0)
         if late:
-            self.metrics.late += 1
-            self.shared.release(msg.shared)
+            self.report.late(msg)
         for m in ready:
             self._process(m)
 
     def _on_eos(self, msg: Message) -> None:
-        if self.waiting.get(msg.stream, 0) > 1:
-            self.waiting[msg.stream] -= 1  # other upstream workers still have frames of this stream
-        elif self.waiting.pop(msg.stream, None) is None:
-            log.warning("%s: end-of-stream for unknown or finished stream %r ignored", self.plan.label, msg.stream)
-        else:
-            for m in self.reorder.flush(msg.stream) if self.reorder else ():
-                self._process(m)
-            self.stage.on_eos(msg)
-            self.outbound.broadcast(msg)
-            log.info("%s: end of stream %s after %d frames", self.plan.label, msg.stream, msg.seq)
+        due = self.waiting.get(msg.stream, set())
+        if msg.sender not in due:  # a repeat, or not from a worker upstream of this one
+            return log.warning("%s: end-of-stream of %r from %r ignored", self.plan.label, msg.stream, msg.sender)
+        due.discard(msg.sender)
+        if due:
+            return  # other upstream workers still have frames of this stream
+        del self.waiting[msg.stream]
+        for m in self.reorder.flush(msg.stream) if self.reorder else ():
+            self._process(m)
+        self.stage.on_eos(msg)
+        self.outbound.broadcast(Message.eos(msg.stream, msg.seq, self.plan.id))
+        log.info("%s: end of stream %s after %d frames", self.plan.label, msg.stream, msg.seq)
 
     def _process(self, msg: Message) -> None:
         try:
@@ -220,9 +278,7 @@ class _Loop:
 
     def _send(self, msg: Message) -> None:
         msg.stamps[self.plan.stage] = time.time()
-        sent, dropped = self.outbound.send(msg)
-        self.metrics.dropped += dropped
-        self.metrics.frames_out += sent or not self.outbound.links
+        self.metrics.sent(*self.outbound.send(msg), sink=not self.outbound.links)
 
     def _stopping(self) -> bool:  # stop requested, or the launcher died without stopping us (kill -9)
-        return self.stop.is_set() or (self.parent is not None and os.getppid() != self.parent)
+        return self.stop.is_set() or self.parent not in (None, os.getppid())

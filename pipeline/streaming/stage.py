@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -20,6 +21,13 @@ class Params(BaseModel):
     """Base of every stage's parameter model: unknown keys are rejected, values are checked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def inside_out(name: str | None) -> str | None:
+    """Check a file name that a sink writes inside the run's output folder (a pydantic validator)."""
+    if name is not None and (not name or PurePath(name).is_absolute() or ".." in PurePath(name).parts):
+        raise ValueError(f"must be a file name inside the output folder (no absolute path, no '..'), got {name!r}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class StageContext:
         stream: the stream id this source stamps (sources only).
         streams: ids of the streams that reach this stage.
         run: run-wide metadata fixed by this stage and the stages upstream (``Contract.metadata``).
+        restarts: how often this worker was restarted after a crash in this run (0: first start);
+            a file sink keeps what its earlier starts wrote.
     """
 
     out: str = "."
@@ -59,6 +69,7 @@ class StageContext:
     stream: str | None = None
     streams: tuple[str, ...] = ()
     run: Mapping[str, Any] = field(default_factory=dict)
+    restarts: int = 0
 
 
 class Stage:
@@ -109,6 +120,20 @@ class Stage:
     def generate(self) -> Iterator[Message]:
         """Source stages yield messages here; the runner numbers them and adds end-of-stream."""
         raise NotImplementedError
+
+    def resume(self, emitted: int) -> None:
+        """A restarted source continues after the ``emitted`` frames its earlier start sent.
+
+        Called after ``on_start`` and before ``generate``; numbering continues at ``emitted``.
+        The default does nothing, which is right for live sources (a camera has no past).
+        """
+
+    def losses(self) -> list[str]:
+        """What this stage lost or could not write (one line each), for the run's summary.
+
+        A run whose stages report losses ends with a non-zero exit code. Called after ``on_stop``.
+        """
+        return []
 
     def on_eos(self, msg: Message) -> None:
         """End-of-stream reached this stage (sinks flush here)."""

@@ -128,7 +128,16 @@ class Topology:
 
     def expected_eos(self, name: str, stream: str) -> int:
         """How many end-of-stream markers for ``stream`` reach each worker of ``name``."""
-        return sum(self.stages[link.source].workers for link in self.stages[name].inputs if stream in self.streams[link.source])
+        return len(self.producers(name, stream))
+
+    def producers(self, name: str, stream: str) -> list[str]:
+        """Ids (``stage:worker``) of the upstream workers that send ``stream`` to each worker of ``name``."""
+        return [
+            worker_id(link.source, i)
+            for link in self.stages[name].inputs
+            if stream in self.streams[link.source]
+            for i in range(self.stages[link.source].workers)
+        ]
 
     @cached_property
     def streams(self) -> dict[str, frozenset[str]]:
@@ -263,6 +272,11 @@ class Topology:
                 if key in owner:
                     raise ConfigError(f"{self.where(name)}.endpoint: {endpoint} clashes with stage {owner[key]!r}")
                 owner[key] = name
+
+
+def worker_id(stage: str, worker: int) -> str:
+    """How a worker signs its end-of-stream markers: ``stage:index``."""
+    return f"{stage}:{worker}"
 
 
 def _per_worker(endpoint: str, workers: int) -> list[str]:

@@ -22,7 +22,7 @@ import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from pipeline.errors import MessageError
+from pipeline.errors import LinkError, MessageError
 from pipeline.streaming.message import MAX_BUFFER_BYTES, MAX_HEADER_BYTES, Message, decode
 from pipeline.streaming.plan import InputPlan, OutputPlan
 from pipeline.streaming.shm import SharedFrames
@@ -30,7 +30,8 @@ from pipeline.streaming.shm import SharedFrames
 log = logging.getLogger(__name__)
 
 POLL_MS = 100
-EOS_SEND_TIMEOUT_S = 60.0  # long enough for a crashed consumer worker to be restarted
+PEER_TIMEOUT_S = 60.0  # how long a consumer may be gone (a crashed worker being restarted) before a send gives up
+FINISH_TIMEOUT_S = 600.0  # how long a producer waits for connected consumers to take its last frames
 WAIT_LOG_EVERY_S = 5.0
 MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + 2 * MAX_BUFFER_BYTES  # ZMQ_MAXMSGSIZE: bigger ones are refused unread
 
@@ -60,8 +61,13 @@ class PushLink:
         self._connected = [False] * len(self.sockets)
 
     def send(self, frames: list) -> bool:
-        """Send to the next worker with room. Returns False if the frame was dropped."""
+        """Send to the next worker with room. Returns False if the frame was dropped.
+
+        A full queue of a connected consumer is waited for as long as it takes (``block``), but
+        no consumer worker connected for ``PEER_TIMEOUT_S`` raises ``LinkError``.
+        """
         n = len(self.sockets)
+        gone_since = None
         while not self.stop.is_set():
             for k in range(n):
                 i = (self._next + k) % n
@@ -74,18 +80,24 @@ class PushLink:
             if self.plan.policy == "drop-oldest":
                 return False  # every queue is full: the consumer keeps the frames it has
             self._poller.poll(POLL_MS)
+            gone_since = None if any(self._update_connections()) else gone_since or time.monotonic()
+            if gone_since and time.monotonic() - gone_since > PEER_TIMEOUT_S:
+                raise LinkError(f"no worker of {self.plan.consumer} connected at {', '.join(self.plan.endpoints)} "
+                                f"for {PEER_TIMEOUT_S:.0f} s")  # fmt: skip
         return False
 
     def broadcast(self, frames: list) -> None:
-        """Send to every worker (end-of-stream), waiting for restarting workers up to a limit."""
-        deadline = time.monotonic() + EOS_SEND_TIMEOUT_S
-        for sock in self.sockets:
+        """Send to every worker (end-of-stream): behind a slow but connected consumer's queue for
+        as long as it takes, to a missing one (a crashed worker being restarted) for ``PEER_TIMEOUT_S``."""
+        for i, sock in enumerate(self.sockets):
+            gone_since = None
             while True:
                 try:
                     sock.send_multipart(frames, flags=zmq.NOBLOCK)
                     break
                 except zmq.Again:
-                    if self.stop.is_set() or time.monotonic() > deadline:
+                    gone_since = None if self._update_connections()[i] else gone_since or time.monotonic()
+                    if self.stop.is_set() or (gone_since and time.monotonic() - gone_since > PEER_TIMEOUT_S):
                         log.error("end-of-stream not delivered to %s", sock.getsockopt_string(zmq.LAST_ENDPOINT))
                         break
                     sock.poll(POLL_MS, zmq.POLLOUT)
@@ -109,10 +121,16 @@ class PushLink:
 
         A consumer exits only after it has received end-of-stream, which travels behind the
         last frame, so once it hangs up nothing sent to it is still queued here. Closing
-        earlier, even with ZMQ_LINGER, lost the last frames to a busy worker now and then.
+        earlier, even with ZMQ_LINGER, lost the last frames to a busy worker now and then,
+        and all of a sink's backlog when it was far behind.
         """
         deadline = time.monotonic() + timeout_s
-        while any(self._update_connections()) and time.monotonic() < deadline and not self.stop.is_set():
+        while any(self._update_connections()) and not self.stop.is_set():
+            if time.monotonic() > deadline:
+                log.error(
+                    "%s still connected after %.0f s: closing; frames still queued for it are lost", self.plan.consumer, timeout_s
+                )
+                return
             zmq.select(self._monitors, [], [], POLL_MS / 1000)
 
     def _update_connections(self) -> list[bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -22,6 +23,24 @@ def _setup_logging(verbose: bool) -> int:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format=LOG_FORMAT)
     return level
+
+
+def _remove_stale_runtime_dirs() -> None:
+    """Remove the socket folders of runs whose launcher was killed (kill -9) before cleaning up."""
+    for folder in Path(tempfile.gettempdir()).glob("emopipe-*-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _check_writable(folder: Path, option: str) -> None:
@@ -105,7 +124,8 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
     level = _setup_logging(verbose)
     _check_writable(Path(out_dir), "--out")
     own_runtime = runtime_dir is None
-    runtime = Path(runtime_dir or tempfile.mkdtemp(prefix="emopipe-"))
+    _remove_stale_runtime_dirs()
+    runtime = Path(runtime_dir or tempfile.mkdtemp(prefix=f"emopipe-{os.getpid()}-"))
     try:
         topology = load_topology(config, runtime, list(overrides), source)
         names = [s.strip() for s in only.split(",")] if only else None
@@ -133,6 +153,8 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
     seconds = result.ended - result.started
     click.echo(f"\n{topology.name}: finished in {seconds:.1f}s with exit code {result.code}")
     click.echo(format_table(result.stages))
+    for line in result.lost:
+        click.echo(f"lost: {line}", err=True)
     sys.exit(result.code)
 
 
@@ -292,6 +314,22 @@ def bench(config, source, paced_fps, frames, as_json, plot, codec):
         click.echo(json.dumps(result))
     else:
         click.echo(format_bench(result))
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--source", required=True, type=click.Path(exists=True), help="a video file, looped")
+@click.option("--minutes", default=10.0, show_default=True, type=click.FloatRange(0.05, 24 * 60))
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE", help="override a stage field or param")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def soak(config, source, minutes, overrides, as_json):
+    """Run CONFIG for MINUTES on a looped file; print latency percentiles and memory per stage per minute."""
+    from pipeline.tools.soak import format_soak, run_soak
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    result = run_soak(config, source, minutes, list(overrides))
+    click.echo(json.dumps(result) if as_json else format_soak(result))
+    sys.exit(result["exit_code"])
 
 
 if __name__ == "__main__":

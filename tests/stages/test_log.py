@@ -43,7 +43,7 @@ def test_rows_are_buffered_then_committed_on_stop(tmp_path):
 def test_end_of_stream_commits(tmp_path):
     stage = make_log(tmp_path, batch_rows=1000, flush_s=3600)
     stage.process(classified(0))
-    stage.on_eos(Message.eos("cam", 1))
+    stage.on_eos(Message.eos("cam", 1, "track:0"))
     with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM detections").fetchone()[0] == 1
     stage.on_stop()

@@ -70,8 +70,8 @@ def test_jpeg_round_trip_is_close():
 
 
 def test_end_of_stream_round_trip():
-    out = decode(as_bytes(encode(Message.eos("cam", 464))))
-    assert out.is_eos and out.stream == "cam" and out.seq == 464 and out.image is None
+    out = decode(as_bytes(encode(Message.eos("cam", 464, "capture:0"))))
+    assert out.is_eos and out.stream == "cam" and out.seq == 464 and out.image is None and out.sender == "capture:0"
 
 
 def header(**changes) -> bytes:
