@@ -61,7 +61,7 @@ def started_pids(output: str) -> list[int]:
 
 
 @pytest.mark.parametrize("stage", ["capture", "detect", "segment", "classify", "track", "render", "log"])
-def test_a_killed_stage_is_restarted_and_loses_at_most_its_frames_in_flight(stage, video, model_dir, tmp_path):
+def test_a_killed_stage_is_restarted_and_loses_at_most_its_frames_in_flight(stage, video, model_dir, tmp_path, figures):
     proc = start_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path))
     lines: list[str] = []
     pid = int(wait_for(proc, rf"{stage}: started in process (\d+)", lines).group(1))
@@ -74,8 +74,9 @@ def test_a_killed_stage_is_restarted_and_loses_at_most_its_frames_in_flight(stag
     rendered = len(video_frames(tmp_path / "annotated.mp4"))
     # The log commits every second: rows it received but had not committed die with it.
     window = IN_FLIGHT + (35 if stage == "log" else 0) + (65 if stage == "render" else 0)
-    print(f"\nSIGKILL {stage}: exit {proc.returncode}; log {len(logged)} frames ({len(logged) - len(set(logged))} duplicates); "
-          f"video {rendered} frames; lost at most {CLIP_FRAMES - min(len(set(logged)), rendered)}")  # fmt: skip
+    duplicates, lost = len(logged) - len(set(logged)), CLIP_FRAMES - min(len(set(logged)), rendered)
+    figures.append(f"SIGKILL {stage}: exit {proc.returncode}; log {len(logged)} frames ({duplicates} duplicates); "
+                   f"video {rendered} frames; lost at most {lost}")  # fmt: skip
     assert proc.returncode == 0, output[-3000:]
     assert re.search(rf"{stage}\[0\] crashed \(exit -9\); restarting \(1/3\)", output), output[-3000:]
     assert len(logged) == len(set(logged)), "duplicated frames in the log"
@@ -165,7 +166,7 @@ def _decodes(frames: list[bytes]) -> bool:
     return True
 
 
-def test_ten_thousand_hostile_messages_per_stage_type_crash_nothing_and_lose_no_frame(video, model_dir, tmp_path):
+def test_ten_thousand_hostile_messages_per_stage_type_crash_nothing_and_lose_no_frame(video, model_dir, tmp_path, figures):
     runtime = tmp_path / "runtime"
     # Paced at 10 fps (46 s) so that the clip is still flowing while the messages arrive.
     proc = start_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path), "--runtime-dir", str(runtime),
@@ -180,7 +181,7 @@ def test_ten_thousand_hostile_messages_per_stage_type_crash_nothing_and_lose_no_
         sender.join()
     output = run_to_end(proc, lines, timeout=300)
     refused = {s: int(re.search(rf"^{s}\s+(?:\S+\s+){{5}}(\d+)", output, re.M).group(1)) for s in stages}
-    print(f"\n10,000 hostile messages to each of {', '.join(stages)}: refused {refused}; exit {proc.returncode}")
+    figures.append(f"10,000 hostile messages to each of {', '.join(stages)}: refused {refused}; exit {proc.returncode}")
     assert proc.returncode == 0, output[-3000:]
     assert "crashed" not in output
     assert logged_frames(tmp_path) == list(range(CLIP_FRAMES)), "real frames were lost or duplicated"
@@ -220,7 +221,7 @@ def test_a_database_locked_across_the_end_of_the_clip_loses_no_row(video, model_
     assert re.search(r"^render\s+1\s+464\s+", output, re.M), "frames were dropped while the database was locked"
 
 
-def test_a_full_disk_ends_non_zero_and_says_what_was_lost(video, model_dir, tmp_path):
+def test_a_full_disk_ends_non_zero_and_says_what_was_lost(video, model_dir, tmp_path, figures):
     out = tmp_path / "small"
     out.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(out)], capture_output=True)
@@ -231,7 +232,7 @@ def test_a_full_disk_ends_non_zero_and_says_what_was_lost(video, model_dir, tmp_
         output = run_to_end(proc, [], timeout=240)
     finally:
         subprocess.run(["umount", "-l", str(out)], capture_output=True)
-    print(f"\nfull disk: exit {proc.returncode}; " + "; ".join(re.findall(r"^lost: .*$", output, re.M)))
+    figures.append(f"full disk: exit {proc.returncode}; " + "; ".join(re.findall(r"^lost: .*$", output, re.M)))
     assert proc.returncode == 1, output[-3000:]
     # Which sink hits the limit first depends on timing: the video, the log, or both.
     assert re.search(r"^lost: (log: \d+ rows not written|render: .*annotated.mp4 not finished)", output, re.M), output[-3000:]

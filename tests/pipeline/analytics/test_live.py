@@ -47,3 +47,27 @@ def test_dashboard_shows_frames_arriving_and_the_chart_updating(video, model_dir
     finally:
         proc.terminate()
         proc.communicate(timeout=60)
+
+
+def test_a_live_view_on_loopback_answers_only_loopback_names_and_drops_idle_viewers():
+    import http.client
+    import socket
+
+    from pipeline.analytics import live
+
+    server = live.LiveServer("127.0.0.1", 0)
+    host, port = server.address
+    try:
+        for name, status in (("localhost", 200), ("127.0.0.1", 200), ("evil.example", 403)):
+            conn = http.client.HTTPConnection(host, port, timeout=5)
+            conn.request("GET", "/stats.json", headers={"Host": f"{name}:{port}"})
+            assert conn.getresponse().status == status, name
+            conn.close()
+        idle = socket.create_connection((host, port))  # says nothing
+        idle.settimeout(live.IDLE_TIMEOUT_S + 10)
+        started = time.monotonic()
+        assert idle.recv(1) == b""  # the server hangs up on it instead of keeping a thread for ever
+        assert time.monotonic() - started < live.IDLE_TIMEOUT_S + 5
+        idle.close()
+    finally:
+        server.close()
