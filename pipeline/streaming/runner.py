@@ -65,7 +65,7 @@ def run_worker(
     try:
         try:
             stage.on_start()
-            start = _resume(stage, plan, settings) if inp is None and plan.input is None else 0
+            start = _resume(stage, plan, settings) if plan.input is None else 0  # a source picks up where it was
         except PipelineError as exc:  # bad source, model, file: restarting will not help
             log.error("%s: %s", plan.label, exc)
             control.emit("fatal", error=str(exc), code=ExitCode.CONFIG)
