@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -54,19 +55,56 @@ def open_source(source: str) -> cv2.VideoCapture | list[Path]:
     return cap
 
 
-def read_frames(source: cv2.VideoCapture | list[Path]) -> Iterator[np.ndarray]:
-    """Yield BGR frames until the source ends; unreadable folder images are skipped."""
+class SourceFrame(NamedTuple):
+    """One frame as read from its source."""
+
+    image: np.ndarray
+    media_ts: float  # seconds into the source (see ``Message.media_ts``)
+    name: str | None = None  # the image file, for folder sources
+
+
+def source_kind(source: str) -> Literal["camera", "url", "folder", "file"]:
+    """What a ``source`` string names; cameras and URLs are live, files and folders have media time."""
+    if source.isdigit():
+        return "camera"
+    if URL.match(source):
+        return "url"
+    return "folder" if Path(source).is_dir() else "file"
+
+
+def read_frames(
+    source: cv2.VideoCapture | list[Path], fps: float = 30.0, live_since: float | None = None
+) -> Iterator[SourceFrame]:
+    """Yield frames with their media time until the source ends; unreadable folder images are skipped.
+
+    Args:
+        source: what ``open_source`` returned.
+        fps: the source's frame rate, for media time where the container gives none.
+        live_since: for live sources, the run's start (``time.time()``): their media time is
+            the time since then, as they have no position of their own.
+    """
     if isinstance(source, list):
-        for path in source:
+        for i, path in enumerate(source):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
-                yield image
+                yield SourceFrame(image, i / fps, path.name)
         return
+    index, last = 0, -1.0
     while True:
         ok, frame = source.read()
         if not ok:
             return
-        yield frame
+        if live_since is not None:
+            media = time.time() - live_since
+        else:
+            # The container's timestamp of this frame; frame index / fps where it gives none
+            # (some containers report 0 or do not advance).
+            media = source.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            if not (math.isfinite(media) and media > last or index == 0 and media == 0):
+                media = index / fps
+        last = media
+        index += 1
+        yield SourceFrame(frame, media)
 
 
 class Capture(Stage):
@@ -82,6 +120,12 @@ class Capture(Stage):
         self._source = open_source(p.source)
         native = self._source.get(cv2.CAP_PROP_FPS) if isinstance(self._source, cv2.VideoCapture) else 0
         self.fps = p.fps or (native if native and native < 1000 else 30.0)
+        self.kind = source_kind(p.source)
+        # Live sources count media time from the run's start, so a restarted capture goes on from there.
+        started = self.context.launch.get("started", time.time())
+        self._live_since = started if self.kind in ("camera", "url") else None
+        # Files by absolute path: reports read thumbnails from them, from whatever folder they run in.
+        self._named = str(Path(p.source).resolve()) if self.kind in ("file", "folder") else p.source
 
     def generate(self) -> Iterator[Message]:
         p: CaptureParams = self.params
@@ -89,7 +133,7 @@ class Capture(Stage):
         sent = 0
         next_due = time.monotonic()
         while True:
-            for i, frame in enumerate(read_frames(self._source)):
+            for i, (frame, media_ts, name) in enumerate(read_frames(self._source, self.fps, self._live_since)):
                 if i % (1 + p.skip):
                     continue
                 if period:
@@ -100,7 +144,12 @@ class Capture(Stage):
                 if p.width and frame.shape[1] != p.width:
                     height = round(frame.shape[0] * p.width / frame.shape[1])
                     frame = cv2.resize(frame, (p.width, height), interpolation=cv2.INTER_AREA)
-                yield Message(ts=time.time(), image=frame, meta={"fps": self.fps / (1 + p.skip), "source": p.source})
+                meta = {"fps": self.fps / (1 + p.skip), "source": self._named, "kind": self.kind}
+                if name is not None:
+                    meta["file"] = name
+                if p.width:
+                    meta["width"] = p.width  # boxes are in resized pixels: reports scale them back to the source
+                yield Message(ts=time.time(), media_ts=media_ts, image=frame, meta=meta)
                 sent += 1
                 if p.max_frames and sent >= p.max_frames:
                     return

@@ -43,7 +43,8 @@ def run_worker(
 
     Args:
         plan: the worker's wiring.
-        settings: run-wide settings from the launcher (``out``: the output folder).
+        settings: run-wide settings from the launcher (``out``: the output folder; ``launch``:
+            the run's id, start, resolved config, host and version, see ``StageContext``).
         control_endpoint: where to send events for the launcher (None: nowhere).
         stop: set to stop the worker (threads); a process also stops on SIGTERM.
     """
@@ -96,6 +97,7 @@ def _context(plan: WorkerPlan, settings: dict[str, Any]) -> StageContext:
         stream=plan.stream,
         streams=tuple(plan.expected_eos) or (plan.stream,),
         run=plan.run,
+        launch=settings.get("launch", {}),
     )
 
 

@@ -51,6 +51,8 @@ class StageContext:
         stream: the stream id this source stamps (sources only).
         streams: ids of the streams that reach this stage.
         run: run-wide metadata fixed by this stage and the stages upstream (``Contract.metadata``).
+        launch: what the launcher says about this run, for sinks to record: ``id``, ``started``
+            (``time.time()``), ``config`` (the resolved topology as YAML), ``host``, ``version``.
     """
 
     out: str = "."
@@ -59,6 +61,12 @@ class StageContext:
     stream: str | None = None
     streams: tuple[str, ...] = ()
     run: Mapping[str, Any] = field(default_factory=dict)
+    launch: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run (one ``run`` command), or ``""`` outside a launched run."""
+        return str(self.launch.get("id", ""))
 
 
 class Stage:
