@@ -111,7 +111,7 @@ def select_runs(runs: list[Run], spec: str, path: Path) -> list[Run]:
 def read_streams(db: sqlite3.Connection, run: Run) -> list[Stream]:
     """The streams of ``run`` with their frames and faces, ordered by frame."""
     frames = db.execute(
-        "SELECT stream, frame, ts, media_ts, faces, file FROM frames WHERE run = ? ORDER BY stream, frame", (run.id,)
+        "SELECT run, stream, frame, ts, media_ts, faces, file FROM frames WHERE run = ? ORDER BY stream, frame", (run.id,)
     ).fetchall()
     faces = db.execute("SELECT * FROM detections WHERE run = ? ORDER BY stream, frame, face", (run.id,)).fetchall()
     streams: dict[str, Stream] = {}
@@ -124,6 +124,9 @@ def read_streams(db: sqlite3.Connection, run: Run) -> list[Stream]:
         streams[r["stream"]].faces.append(dict(r))
     for stream in streams.values():
         _set_times(stream)
+        files = {r["frame"]: r["file"] for r in stream.frames if r["file"]}
+        for r in stream.faces:  # image folders: which file each face is in, for detections.csv
+            r["file"] = files.get(r["frame"])
     return [s for s in streams.values() if s.frames or s.faces]
 
 

@@ -182,6 +182,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def track_row(g: Group, t: TrackSummary) -> dict[str, Any]:
+    """A row of ``tracks.csv``: one person's figures, seconds and shares per emotion."""
     s = g.summary
     return {
         "run": g.stream.run.id, "stream": g.stream.stream, "track": t.track, "faces": t.faces,

@@ -65,7 +65,9 @@ def test_report_has_sections_plots_csv_and_figures(tmp_path):
     assert float(tracks[("a", "1")]["on_screen_s"]) == pytest.approx(6.0)  # media time, not the 12 s of capture time
     with open(tmp_path / "report" / "detections.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * 60 and {"media_ts", "x", "w", "p_happy", "s_happy", "t"} <= set(rows[0])
+    assert len(rows) == 3 * 60 and {"run", "media_ts", "x", "w", "p_happy", "s_happy", "t"} <= set(rows[0])
+    with open(tmp_path / "report" / "frames.csv") as f:
+        assert [(r["run"], r["stream"]) for r in csv.DictReader(f)] == [("r1", "a")] * 60 + [("r1", "b")] * 60
     # Stream a: 4 s happy of 12 face-seconds positive; 2 s sad + 6 s angry negative.
     assert "positive</th><td>33.3% of face time" in page and "negative</th><td>66.7% of face time" in page
     assert "duration</th><td>6.0 s" in page and "media time" in page
