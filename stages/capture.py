@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
@@ -54,21 +55,59 @@ def open_source(source: str) -> cv2.VideoCapture | list[Path]:
     return cap
 
 
-def read_frames(source: cv2.VideoCapture | list[Path], unreadable: list[str] | None = None) -> Iterator[np.ndarray]:
-    """Yield BGR frames until the source ends; unreadable folder images are skipped (and listed in ``unreadable``)."""
+class SourceFrame(NamedTuple):
+    """One frame as read from its source."""
+
+    image: np.ndarray
+    media_ts: float  # seconds into the source (see ``Message.media_ts``)
+    name: str | None = None  # the image file, for folder sources
+
+
+def source_kind(source: str) -> Literal["camera", "url", "folder", "file"]:
+    """What a ``source`` string names; cameras and URLs are live, files and folders have media time."""
+    if source.isdigit():
+        return "camera"
+    if URL.match(source):
+        return "url"
+    return "folder" if Path(source).is_dir() else "file"
+
+
+def read_frames(
+    source: cv2.VideoCapture | list[Path], fps: float = 30.0, live_since: float | None = None, unreadable: list[str] | None = None
+) -> Iterator[SourceFrame]:
+    """Yield frames with their media time until the source ends; unreadable folder images are skipped.
+
+    Args:
+        source: what ``open_source`` returned.
+        fps: the source's frame rate, for media time where the container gives none.
+        live_since: for live sources, the run's start (``time.time()``): their media time is
+            the time since then, as they have no position of their own.
+        unreadable: folder images that could not be read are listed here.
+    """
     if isinstance(source, list):
-        for path in source:
+        for i, path in enumerate(source):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
-                yield image
+                yield SourceFrame(image, i / fps, path.name)
             elif unreadable is not None:
                 unreadable.append(str(path))
         return
+    index, last = 0, -1.0
     while True:
         ok, frame = source.read()
         if not ok:
             return
-        yield frame
+        if live_since is not None:
+            media = time.time() - live_since
+        else:
+            # The container's timestamp of this frame; frame index / fps where it gives none
+            # (some containers report 0 or do not advance).
+            media = source.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            if not (math.isfinite(media) and media > last or index == 0 and media == 0):
+                media = index / fps
+        last = media
+        index += 1
+        yield SourceFrame(frame, media)
 
 
 class Capture(Stage):
@@ -86,9 +125,14 @@ class Capture(Stage):
         self._source = open_source(p.source)
         native = self._source.get(cv2.CAP_PROP_FPS) if isinstance(self._source, cv2.VideoCapture) else 0
         self.fps = p.fps or (native if native and native < 1000 else 30.0)
+        self.kind = source_kind(p.source)
+        # Live sources count media time from the run's start, so a restarted capture goes on from there.
+        started = self.context.launch.get("started", time.time())
+        self._live_since = started if self.kind in ("camera", "url") else None
+        # Files by absolute path: reports read thumbnails from them, from whatever folder they run in.
+        self._named = str(Path(p.source).resolve()) if self.kind in ("file", "folder") else p.source
         self._resume_after = 0
-        self._unreadable: list[str] = []
-        self._truncated: str | None = None
+        self._unreadable = []
 
     def resume(self, emitted: int) -> None:
         """Skip the frames an earlier start of this worker already sent (files and folders)."""
@@ -101,7 +145,7 @@ class Capture(Stage):
         next_due = time.monotonic()
         while True:
             read = 0
-            for i, frame in enumerate(read_frames(self._source, self._unreadable)):
+            for i, (frame, media_ts, name) in enumerate(read_frames(self._source, self.fps, self._live_since, self._unreadable)):
                 read += 1
                 if i % (1 + p.skip):
                     continue
@@ -116,7 +160,12 @@ class Capture(Stage):
                 if p.width and frame.shape[1] != p.width:
                     height = round(frame.shape[0] * p.width / frame.shape[1])
                     frame = cv2.resize(frame, (p.width, height), interpolation=cv2.INTER_AREA)
-                yield Message(ts=time.time(), image=frame, meta={"fps": self.fps / (1 + p.skip), "source": p.source})
+                meta = {"fps": self.fps / (1 + p.skip), "source": self._named, "kind": self.kind}
+                if name is not None:
+                    meta["file"] = name
+                if p.width:
+                    meta["width"] = p.width  # boxes are in resized pixels: reports scale them back to the source
+                yield Message(ts=time.time(), media_ts=media_ts, image=frame, meta=meta)
                 sent += 1
                 if p.max_frames and sent >= p.max_frames:
                     return
@@ -128,7 +177,7 @@ class Capture(Stage):
 
     def _check_complete(self, read: int) -> None:
         """Note a file that ended before the frame count its container announced (damaged, truncated)."""
-        if not isinstance(self._source, cv2.VideoCapture) or URL.match(self.params.source) or self.params.source.isdigit():
+        if self.kind != "file" or not isinstance(self._source, cv2.VideoCapture):
             return
         announced = int(self._source.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         if read < announced - 1:  # some containers round the count; one frame short is not damage

@@ -9,54 +9,25 @@ from __future__ import annotations
 
 import json
 import logging
-import re
+import socket
 import sqlite3
 import time
 from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from pipeline.analytics import schema
+from pipeline.analytics.schema import SCHEMA_VERSION  # noqa: F401 - where callers knew it
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import Params, Stage, inside_out
 from pipeline.vision.emotions import EMOTIONS
+from pipeline.vision.model import model_facts
 from pipeline.vision.record import faces_of
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-
-
-def schema(classes: list[str]) -> str:
-    """The tables; ``p_<class>`` hold the frame's own probabilities, ``s_<class>`` the smoothed ones."""
-    columns = [f"{prefix}_{re.sub(r'[^A-Za-z0-9_]', '_', name)} REAL" for prefix in ("p", "s") for name in classes]
-    return SCHEMA.replace("{probabilities}", ", ".join(columns))
-
-
-INSERT_FRAME = "INSERT INTO frames VALUES (?, ?, ?, ?, ?)"
-RUNNING_BUSY_TIMEOUT_S = 0.05
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS detections (
-    stream TEXT NOT NULL,
-    frame INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    face INTEGER NOT NULL,
-    track INTEGER,
-    x INTEGER NOT NULL, y INTEGER NOT NULL, w INTEGER NOT NULL, h INTEGER NOT NULL,
-    emotion TEXT,
-    confidence REAL,
-    emotion_raw TEXT,
-    {probabilities}
-);
-CREATE INDEX IF NOT EXISTS detections_stream_frame ON detections (stream, frame);
-CREATE TABLE IF NOT EXISTS frames (
-    stream TEXT NOT NULL,
-    frame INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    faces INTEGER NOT NULL,
-    latency_ms REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-"""
+INSERT_FRAME = schema.insert("frames", schema.FRAME_COLUMNS)
+RUNNING_BUSY_TIMEOUT_S = 0.05  # while frames flow; the full busy_timeout_s at the end
 
 
 class LogParams(Params):
@@ -70,7 +41,7 @@ class LogParams(Params):
 
 
 class Log(Stage):
-    """Writes detections to ``OUT/emotions.sqlite`` (table ``detections``, schema version 1)."""
+    """Writes detections to ``OUT/emotions.sqlite`` (tables ``runs``, ``detections``, ``frames``; schema version 2)."""
 
     Params = LogParams
     requires = frozenset({"box"})
@@ -86,17 +57,15 @@ class Log(Stage):
         # The model fixes the classes for the run; without a classifier the columns stay FER's.
         self.classes = list(self.context.run.get("classes", EMOTIONS))
         self.path = out / p.database
+        self._db = schema.open_for_writing(self.path, self.classes, p.busy_timeout_s)
+        self.run_id = self.context.run_id or time.strftime("%Y%m%d-%H%M%S")  # outside a launched run (tests)
+        schema.start_run(self._db, self._run_record())
+        self._sources: dict[str, dict] = {}  # stream -> what its capture said, recorded in runs.sources
+        self._open_streams = set(self.context.streams)
+        self._run_changed = False
         # While frames flow, a locked database must not hold up the loop: rows wait in the buffer
         # and are retried with back-off. The full busy timeout applies only to the last flushes.
-        self._db = sqlite3.connect(self.path, timeout=min(p.busy_timeout_s, RUNNING_BUSY_TIMEOUT_S))
-        self._db.execute("PRAGMA journal_mode=WAL")  # readers (reports) never block the writer
-        self._db.executescript(schema(self.classes))
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._db.executemany(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-            [("schema_version", str(SCHEMA_VERSION)), ("classes", json.dumps(self.classes))],
-        )
-        self._db.commit()
+        self._db.execute(f"PRAGMA busy_timeout = {int(min(p.busy_timeout_s, RUNNING_BUSY_TIMEOUT_S) * 1000)}")
         self._jsonl = open(out / p.jsonl, "a") if p.jsonl else None  # noqa: SIM115 - open until on_stop
         self._detections: list[tuple] = []
         self._frames: list[tuple] = []
@@ -104,24 +73,41 @@ class Log(Stage):
         self.rows = 0
         self.rejected = 0  # rows the database refused (logged one by one)
         self._failures, self._retry_at, self._error = 0, 0.0, ""  # a busy or failing database
-        self._insert_detection = f"INSERT INTO detections VALUES ({', '.join('?' * (12 + 2 * len(self.classes)))})"
+        probabilities = [schema.column(prefix, name) for prefix in ("p", "s") for name in self.classes]
+        self._insert_detection = schema.insert("detections", (*schema.DETECTION_COLUMNS, *probabilities))
+
+    def _run_record(self) -> dict:
+        """This run's row of ``runs``: the launcher's facts and the model's (from ``model.json``)."""
+        launch = self.context.launch
+        record = {"run": self.run_id, "started": launch.get("started", time.time()), "config": launch.get("config"),
+                  "host": launch.get("host", socket.gethostname()), "version": launch.get("version")}  # fmt: skip
+        if self.context.run.get("model"):
+            facts = model_facts(self.context.run["model"])
+            record.update(model=facts["name"], model_path=facts["path"], model_fingerprint=facts["fingerprint"],
+                          model_accuracy=facts["accuracy"])  # fmt: skip
+        return record
 
     def process(self, msg: Message) -> None:
         latency = (time.time() - msg.ts) * 1000
         faces = faces_of(msg)
-        self._frames.append((msg.stream, msg.seq, msg.ts, len(faces), round(latency, 2)))
+        if msg.stream not in self._sources:  # recorded in runs.sources with the next commit
+            self._sources[msg.stream] = {k: msg.meta.get(k) for k in ("source", "kind", "fps", "width")}
+            self._run_changed = True
+        row = (self.run_id, msg.stream, msg.seq, msg.ts, msg.media_ts)
+        self._frames.append((*row, len(faces), round(latency, 2), msg.meta.get("file")))
         n = len(self.classes)
         for i, face in enumerate(faces):
             probs = face.probs if face.probs and len(face.probs) == n else [None] * n
             smoothed = face.smoothed if face.smoothed and len(face.smoothed) == n else [None] * n
             raw = face.emotion_raw or face.emotion
-            row = (msg.stream, msg.seq, msg.ts, i, face.track, *face.box)
-            self._detections.append((*row, face.emotion, face.confidence, raw, *probs, *smoothed))
+            self._detections.append((*row, i, face.track, *face.box, face.emotion, face.confidence, raw, *probs, *smoothed))
             if self._jsonl is not None:
                 record = {
+                    "run": self.run_id,
                     "stream": msg.stream,
                     "frame": msg.seq,
                     "ts": msg.ts,
+                    "media_ts": msg.media_ts,
                     "face": i,
                     "track": face.track,
                     "box": face.box,
@@ -165,6 +151,8 @@ class Log(Stage):
         self.rows += len(self._detections)
         self._detections.clear()
         self._frames.clear()
+        if self._run_changed:
+            self._update_run()
         if self._jsonl is not None:
             self._jsonl.flush()
         return True
@@ -181,15 +169,30 @@ class Log(Stage):
                                 OverflowError, ValueError) as exc:  # fmt: skip
                             rows.remove(row)
                             self.rejected += 1
-                            log.error("%s: rejected a row of stream %s frame %s: %s", self.name, row[0], row[1], exc)
+                            log.error("%s: rejected a row of stream %s frame %s: %s", self.name, row[1], row[2], exc)
         except sqlite3.OperationalError as exc:
             log.error("%s: cannot write to %s (%s); keeping the rows and retrying", self.name, self.path, exc)
             return False
         return True
 
+    def _update_run(self, ended: float | None = None) -> None:
+        """Keep this run's row current: the sources seen so far and, once it is over, its end."""
+        many = len(self._sources) > 1
+        source = "; ".join(f"{stream}: {s['source']}" if many else str(s["source"]) for stream, s in self._sources.items())
+        try:
+            with self._db:
+                self._db.execute("UPDATE runs SET source = ?, sources = ?, ended = COALESCE(?, ended) WHERE run = ?",
+                                 (source or None, json.dumps(self._sources), ended, self.run_id))  # fmt: skip
+            self._run_changed = False
+        except sqlite3.Error as exc:  # figures for the report, not rows: retried with the next commit
+            log.error("%s: cannot update run %s in %s: %s", self.name, self.run_id, self.path, exc)
+
     def on_eos(self, msg: Message) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {int(self.params.busy_timeout_s * 1000)}")
         self.flush()
+        self._open_streams.discard(msg.stream)
+        if not self._open_streams:
+            self._update_run(ended=time.time())
 
     def on_stop(self) -> None:
         if self._db is None:
@@ -200,6 +203,8 @@ class Log(Stage):
                 break
             time.sleep(0.5 * (attempt + 1))
         self.unwritten = len(self._detections) + len(self._frames)
+        if self._open_streams or self._run_changed:  # stopped before every stream ended
+            self._update_run(ended=time.time())
         self._db.close()
         self._db = None
         if self._jsonl is not None:

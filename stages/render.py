@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-import numpy as np
 from pydantic import Field, field_validator
 
 from pipeline.errors import PipelineError
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Params, Stage, inside_out
-from pipeline.vision.emotions import bgr
-from pipeline.vision.record import Face, faces_of
-from pipeline.vision.recording import SegmentedVideo, open_writer
+from pipeline.vision.overlay import draw_faces
+from pipeline.vision.record import faces_of
+from pipeline.vision.recording import SegmentedVideo
+from pipeline.vision.video import open_video
 
 log = logging.getLogger(__name__)
 
@@ -25,50 +25,34 @@ log = logging.getLogger(__name__)
 class RenderParams(Params):
     output: Literal["file", "window", "none"] = Field("file", description="file: OUT/<filename>; window: a display; none")
     filename: str = Field("annotated.mp4", description="video file name inside the output directory")
+    codec: str = Field(
+        "h264",
+        pattern=r"^(h264|\S{4})$",
+        description="h264: H.264 MP4 through PyAV, which browsers play; or an OpenCV fourcc (mp4v, MJPG, VP80 for .webm)",
+    )
     segment_s: float = Field(
         2.0, gt=0, le=3600, description="seconds of video per segment file: a killed render loses at most this much"
     )
-    _inside_out = field_validator("filename")(inside_out)
-    fourcc: str = Field("mp4v", min_length=4, max_length=4, description="OpenCV codec code of the video file")
     bars: bool = Field(True, description="draw a small bar chart of the class probabilities beside each face")
+    legend: bool = Field(True, description="draw a legend of the emotion colours along the bottom edge")
     http_port: int | None = Field(None, ge=0, le=65535, description="serve a live view (MJPEG + dashboard) on this port")
     http_host: str = Field("127.0.0.1", description="address the live view binds; 0.0.0.0 to reach it from other machines")
+    http_log: str | None = Field("emotions.sqlite", description="emotion log inside the output directory whose progress "
+                                 "the live view shows as the log sink's frames/s (None: not shown)")  # fmt: skip
+
+    _inside_out = field_validator("filename", "http_log")(inside_out)
 
 
-def draw_faces(image: np.ndarray, faces: list[Face], classes: list[str] | None, bars: bool = True) -> np.ndarray:
-    """Draw each face's box, label and confidence (and probability bars) on a copy of ``image``."""
-    out = image.copy()
-    for face in faces:
-        x, y, w, h = face.box
-        label = face.emotion or "face"
-        colour = bgr(label)
-        cv2.rectangle(out, (x, y), (x + w, y + h), colour, 2)
-        text = f"{label} {face.confidence:.0%}" if face.confidence is not None else label
-        if face.track is not None:
-            text = f"#{face.track} {text}"
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        ty = max(y - 6, th + 4)
-        cv2.rectangle(out, (x, ty - th - 4), (x + tw + 4, ty + 2), colour, -1)
-        cv2.putText(out, text, (x + 2, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-        probs = face.smoothed or face.probs
-        if bars and classes and probs:
-            for i, (name, p) in enumerate(zip(classes, probs)):
-                by = y + i * 12
-                cv2.rectangle(out, (x + w + 4, by), (x + w + 4 + int(60 * p), by + 9), bgr(name), -1)
-                cv2.putText(out, name[:3], (x + w + 68, by + 8), cv2.FONT_HERSHEY_SIMPLEX, 0.3, (255, 255, 255), 1)
-    return out
-
-
-def _check_fourcc(fourcc: str) -> None:
-    """Refuse at start a codec OpenCV cannot write here, instead of failing on every frame.
+def _check_codec(codec: str) -> None:
+    """Refuse at start a codec that cannot be written here, instead of failing on every frame.
 
     The probe goes to the temp folder: a full output disk is a different fault, reported as such.
     """
-    with tempfile.TemporaryDirectory(prefix="emopipe-fourcc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="emopipe-codec-") as tmp:
         try:
-            open_writer(Path(tmp) / "probe.mp4", fourcc, 30.0, (64, 64)).release()
+            open_video(Path(tmp) / "probe.mp4", 30.0, (64, 64), codec).release()
         except PipelineError:
-            raise PipelineError(f"render.fourcc: OpenCV cannot write {fourcc!r} videos on this machine (try mp4v)") from None
+            raise PipelineError(f"render.codec: cannot write {codec!r} videos on this machine (h264 or mp4v work)") from None
 
 
 class Render(Stage):
@@ -90,13 +74,14 @@ class Render(Stage):
         if p.output == "window" and not os.environ.get("DISPLAY"):
             raise PipelineError("render.output=window needs a display (DISPLAY is not set); use file or none")
         if p.output == "file":
-            _check_fourcc(p.fourcc)
+            _check_codec(p.codec)
         self.live = None
         if p.http_port is not None:
-            from pipeline.analytics.live import LiveServer
+            from pipeline.analytics.live import LiveServer, LogProgress
 
+            progress = LogProgress(Path(self.context.out) / p.http_log, self.context.run_id) if p.http_log else None
             try:
-                self.live = LiveServer(p.http_host, p.http_port)
+                self.live = LiveServer(p.http_host, p.http_port, progress)
             except OSError as exc:
                 raise PipelineError(f"render.http_port: cannot serve on {p.http_host}:{p.http_port}: {exc}") from exc
             log.info("%s: live view on http://%s:%d/", self.name, *self.live.address)
@@ -112,7 +97,7 @@ class Render(Stage):
         p: RenderParams = self.params
         if p.output == "none" and self.live is None:
             return None
-        frame = draw_faces(msg.image, faces_of(msg), self.context.run.get("classes"), p.bars)
+        frame = draw_faces(msg.image, faces_of(msg), self.context.run.get("classes"), p.bars, p.legend)
         if self.live is not None:
             self.live.state.publish(frame, msg)
         if p.output == "window":
@@ -126,7 +111,7 @@ class Render(Stage):
     def _video(self, stream: str, fps: float) -> SegmentedVideo:
         if stream not in self._videos:
             segment = max(1, round(fps * self.params.segment_s))
-            video = SegmentedVideo(self.video_path(stream), self.params.fourcc, fps, self.context.restarts, segment)
+            video = SegmentedVideo(self.video_path(stream), self.params.codec, fps, self.context.restarts, segment)
             self._videos[stream] = video
         return self._videos[stream]
 

@@ -30,7 +30,7 @@ from pipeline.errors import MessageError
 if TYPE_CHECKING:
     from pipeline.streaming.shm import SharedFrames, SharedImage
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: media_ts beside ts
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB of msgpack is far more than any real header
 MAX_BUFFER_BYTES = 64 << 20  # a 4K BGR frame is 24 MiB
 MAX_SIDE = 1 << 15  # of any array dimension
@@ -71,6 +71,9 @@ class Message:
         stream: source id; several sources may feed one pipeline.
         seq: frame number within the stream, from 0. For ``eos``: the number of frames sent.
         ts: capture time (``time.time()``), the start of the end-to-end latency.
+        media_ts: the frame's place in its source, in seconds: the container's timestamp (or
+            frame index / fps) for files and image folders, time since the run started for
+            live sources. Analytics measure durations with it, so pacing does not change them.
         stamps: ``stage name -> time`` when each stage finished with the frame.
         image: BGR uint8 (H, W, 3), or None once no stage downstream needs it.
         fields: what stages added, by registered field name.
@@ -85,6 +88,7 @@ class Message:
     stream: str = "0"
     seq: int = 0
     ts: float = 0.0
+    media_ts: float = 0.0
     stamps: dict[str, float] = field(default_factory=dict)
     image: np.ndarray | None = None
     fields: dict[str, Any] = field(default_factory=dict)
@@ -155,6 +159,7 @@ def encode(
         "stream": msg.stream,
         "seq": msg.seq,
         "ts": msg.ts,
+        "media_ts": msg.media_ts,
         "stamps": msg.stamps,
         "image": image,
         "fields": {name: _FIELDS[name].to_wire(value, add) for name, value in msg.fields.items()},
@@ -185,6 +190,7 @@ def _decode(frames: Sequence, shared: SharedFrames | None) -> Message:
         stream=_text(header.get("stream"), "stream"),
         seq=_integer(header.get("seq"), "seq", 0, MAX_SEQ),
         ts=_number(header.get("ts"), "ts"),
+        media_ts=_number(header.get("media_ts"), "media_ts"),
         stamps=_stamps(header.get("stamps")),
         meta=_map(header.get("meta"), "meta"),
     )

@@ -47,7 +47,8 @@ def run_worker(
 
     Args:
         plan: the worker's wiring.
-        settings: run-wide settings from the launcher (``out``: the output folder).
+        settings: run-wide settings from the launcher (``out``: the output folder; ``launch``:
+            the run's id, start, resolved config, host and version, see ``StageContext``).
         control_endpoint: where to send events for the launcher (None: nowhere).
         stop: set to stop the worker (threads); a process also stops on SIGTERM.
     """
@@ -108,6 +109,7 @@ def _context(plan: WorkerPlan, settings: dict[str, Any]) -> StageContext:
         streams=tuple(plan.producers) or (plan.stream,),
         run=plan.run,
         restarts=int(settings.get("restarts", 0)),
+        launch=settings.get("launch", {}),
     )
 
 

@@ -61,6 +61,8 @@ class StageContext:
         run: run-wide metadata fixed by this stage and the stages upstream (``Contract.metadata``).
         restarts: how often this worker was restarted after a crash in this run (0: first start);
             a file sink keeps what its earlier starts wrote.
+        launch: what the launcher says about this run, for sinks to record: ``id``, ``started``
+            (``time.time()``), ``config`` (the resolved topology as YAML), ``host``, ``version``.
     """
 
     out: str = "."
@@ -70,6 +72,12 @@ class StageContext:
     streams: tuple[str, ...] = ()
     run: Mapping[str, Any] = field(default_factory=dict)
     restarts: int = 0
+    launch: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        """The id of this run (one ``run`` command), or ``""`` outside a launched run."""
+        return str(self.launch.get("id", ""))
 
 
 class Stage:

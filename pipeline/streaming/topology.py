@@ -102,6 +102,15 @@ class Topology:
     def name(self) -> str:
         return self.config.name
 
+    def resolved_yaml(self) -> str:
+        """The topology as run: every stage with all its params, defaults filled in (for the run record)."""
+        stages = []
+        for stage in self.config.stages:
+            entry = stage.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+            entry["params"] = self.params[stage.name].model_dump(mode="json")
+            stages.append(entry)
+        return yaml.safe_dump({"name": self.name, "stages": stages}, sort_keys=False)
+
     def where(self, name: str) -> str:
         """``stages[i] (name)``: the place of a stage in the file, for error messages."""
         index = next(i for i, s in enumerate(self.config.stages) if s.name == name)

@@ -1,14 +1,18 @@
-"""Command line: run, validate, stages, train, evaluate, bench."""
+"""Command line: run, validate, stages, train, evaluate, report, migrate, bench."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import secrets
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import click
@@ -51,6 +55,36 @@ def _check_writable(folder: Path, option: str) -> None:
             pass
     except OSError as exc:
         raise PipelineError(f"{option} {folder}: cannot write there: {exc.strerror or exc}") from None
+
+
+def _project_version() -> str:
+    """The package version, and the git commit when run from a checkout (what a report names)."""
+    try:
+        version = metadata.version("emotion-pipeline")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                                text=True, timeout=5).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{version} ({commit})" if commit else version
+
+
+def _launch_record(topology) -> dict:
+    """What every stage is told about this run (``StageContext.launch``); the log records it in ``runs``.
+
+    The id sorts by start time; its random tail keeps two runs started in the same second apart.
+    """
+    started = time.time()
+    return {
+        "id": time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + "-" + secrets.token_hex(2),
+        "started": started,
+        "config": topology.resolved_yaml(),
+        "host": socket.gethostname(),
+        "version": _project_version(),
+    }
 
 
 class _Commands(click.Group):
@@ -138,9 +172,11 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
             from pipeline.streaming.prometheus import serve
 
             collector = serve(metrics_port)
+        launch = _launch_record(topology)
+        log.info("run %s", launch["id"])
         launcher = ProcessLauncher(
             topology,
-            {"out": str(Path(out_dir).resolve()), "log_level": level, "log_format": LOG_FORMAT},
+            {"out": str(Path(out_dir).resolve()), "log_level": level, "log_format": LOG_FORMAT, "launch": launch},
             only=names,
             max_restarts=max_restarts,
             on_event=_EventSink(stats, collector),
@@ -151,7 +187,7 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
         if own_runtime:
             shutil.rmtree(runtime, ignore_errors=True)
     seconds = result.ended - result.started
-    click.echo(f"\n{topology.name}: finished in {seconds:.1f}s with exit code {result.code}")
+    click.echo(f"\n{topology.name}: run {launch['id']} finished in {seconds:.1f}s with exit code {result.code}")
     click.echo(format_table(result.stages))
     for line in result.lost:
         click.echo(f"lost: {line}", err=True)
@@ -188,7 +224,10 @@ def list_stages():
 
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True), help="FER2013 folder (train/, test/) or fer2013.csv")
-@click.option("--out", "out_dir", default="models/default", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), help="folder for the model (default: a new runs/train-<time>)"
+)
+@click.option("--replace-default", is_flag=True, help="allow --out to be the shipped models/default")
 @click.option(
     "--segmentation",
     type=click.Choice(["on", "off"]),
@@ -211,12 +250,15 @@ def list_stages():
     help="with --export-only: export these weights (e.g. an unfinished run's checkpoint/latest.weights.h5)",
 )
 def train(
-    data, out_dir, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, resume, export_only, from_weights
-):  # noqa: E501
+    data, out_dir, replace_default, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, resume,
+    export_only, from_weights,
+):  # fmt: skip
     """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
+    out_dir = _train_out(out_dir, replace_default, resume or export_only)
     from train.train import TrainConfig, finalize, run_training
 
     _setup_logging(False)
+    click.echo(f"training into {out_dir}", err=True)
     cfg = TrainConfig(
         data=data,
         out=out_dir,
@@ -233,6 +275,20 @@ def train(
     meta = finalize(cfg, weights=from_weights) if export_only else run_training(cfg)
     ev = meta["evaluation"]
     click.echo(f"{out_dir}: {ev['split']} accuracy {ev['accuracy']:.4f}, macro-F1 {ev['macro_f1']:.4f}, n={ev['n']}")
+
+
+def _train_out(out_dir: str | None, replace_default: bool, continuing: bool) -> str:
+    """Where ``train`` writes: never over the shipped model by accident, never into an old run unasked."""
+    from pipeline.vision.model import DEFAULT_MODEL_DIR
+
+    if out_dir is None:
+        if continuing:
+            raise PipelineError("--resume and --export-only continue a run: name it with --out")
+        return str(Path("runs") / time.strftime("train-%Y%m%d-%H%M%S"))
+    if Path(out_dir).resolve() == DEFAULT_MODEL_DIR.resolve() and not replace_default:
+        raise PipelineError(f"--out {out_dir}: that is the shipped model; pass --replace-default to replace it, "
+                            "or choose another folder")  # fmt: skip
+    return out_dir
 
 
 @main.command()
@@ -282,13 +338,26 @@ def evaluate(data, model, detect, prefix, as_json):
 @main.command()
 @click.option("--db", required=True, type=click.Path(dir_okay=False), help="an emotion log (OUT/emotions.sqlite)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for index.html")
+@click.option("--runs", "runs", default="latest", show_default=True, help="latest, all, or run ids separated by commas")
 @click.option("--bin", "bin_s", default=1.0, show_default=True, type=click.FloatRange(0.01), help="seconds per time bin")
-def report(db, out_dir, bin_s):
-    """Write an HTML report with plots and CSV exports from an emotion log (also while it is written)."""
+@click.option("--pdf/--no-pdf", default=True, show_default=True, help="also write report.pdf (print-ready)")
+def report(db, out_dir, runs, bin_s, pdf):
+    """Write an HTML (and PDF) report with plots and CSV exports from an emotion log (also while it is written)."""
     from pipeline.analytics.report import write_report
 
-    path = write_report(db, out_dir, bin_s)
+    path = write_report(db, out_dir, bin_s, runs=runs, pdf=pdf)
     click.echo(path)
+
+
+@main.command()
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="an emotion log (OUT/emotions.sqlite)")
+def migrate(db):
+    """Convert an emotion log of schema version 1 to the current version, in place."""
+    from pipeline.analytics.schema import SCHEMA_VERSION, migrate_file
+
+    _setup_logging(False)
+    run_id = migrate_file(db)
+    click.echo(f"{db}: schema version {SCHEMA_VERSION}" + (f"; its rows are run {run_id}" if run_id else " already"))
 
 
 @main.command()

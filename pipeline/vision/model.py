@@ -7,6 +7,7 @@ starts in ~0.2 s and under 100 MiB, against ~5 s and ~650 MiB for TensorFlow its
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,26 @@ def resolve_model_path(model: str | Path | None) -> Path:
     if not (path / METADATA_NAME).is_file():
         raise ModelError(f"{path}: no {METADATA_NAME} beside {TFLITE_NAME}")
     return path
+
+
+def model_facts(model: str | Path | None) -> dict[str, Any]:
+    """What a run records about its model: name, path, fingerprint and accuracy.
+
+    The fingerprint is the start of the SHA-256 of the served ``.tflite``: two runs with the
+    same fingerprint ran the same weights, whatever the folder was called.
+    """
+    path = resolve_model_path(model)
+    info = ModelInfo.load(path / METADATA_NAME)
+    digest = hashlib.sha256((path / TFLITE_NAME).read_bytes()).hexdigest()[:16]
+    evaluation = info.raw.get("evaluation") or {}
+    return {
+        "name": path.name,
+        "path": str(path.resolve()),
+        "fingerprint": digest,
+        "accuracy": evaluation.get("accuracy"),
+        "split": evaluation.get("split"),
+        "data_fingerprint": (info.raw.get("training") or {}).get("data_fingerprint"),
+    }
 
 
 class EmotionModel:

@@ -17,16 +17,9 @@ import cv2
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.vision.video import VideoSink, open_video
 
 log = logging.getLogger(__name__)
-
-
-def open_writer(path: Path, fourcc: str, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
-    """An OpenCV video writer, or PipelineError naming the file and codec."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
-    if not writer.isOpened():
-        raise PipelineError(f"{path}: cannot open a {fourcc} video writer")
-    return writer
 
 
 class SegmentedVideo:
@@ -34,20 +27,20 @@ class SegmentedVideo:
 
     Args:
         path: the final video file.
-        fourcc: OpenCV codec code.
+        codec: ``h264`` or an OpenCV fourcc (``pipeline.vision.video.open_video``).
         fps: frames per second of the video.
         start: which start of the writing worker this is (0 first; restarts continue the segments).
         segment_frames: frames per segment; a kill loses at most this many.
     """
 
-    def __init__(self, path: Path, fourcc: str, fps: float, start: int = 0, segment_frames: int = 60):
-        self.path, self.fourcc, self.fps, self.start = path, fourcc, fps, start
+    def __init__(self, path: Path, codec: str, fps: float, start: int = 0, segment_frames: int = 60):
+        self.path, self.codec, self.fps, self.start = path, codec, fps, start
         self.parts = path.with_name(f".{path.name}.parts")
         self.segment_frames = segment_frames
         if start == 0:
             shutil.rmtree(self.parts, ignore_errors=True)  # left by an earlier run killed before it finished
         self.parts.mkdir(parents=True, exist_ok=True)
-        self._writer: cv2.VideoWriter | None = None
+        self._writer: VideoSink | None = None
         self._in_segment = 0
         self._segment = 0
         self.frames = 0
@@ -56,7 +49,7 @@ class SegmentedVideo:
         if self._writer is None or self._in_segment >= self.segment_frames:
             self._close_segment()
             name = f"{self.start:03d}-{self._segment:06d}.mp4"  # sorts in writing order across restarts
-            self._writer = open_writer(self.parts / name, self.fourcc, self.fps, frame.shape[1::-1])
+            self._writer = open_video(self.parts / name, self.fps, frame.shape[1::-1], self.codec)
             self._segment += 1
         self._writer.write(frame)
         self._in_segment += 1
@@ -76,7 +69,7 @@ class SegmentedVideo:
         for segment in segments:
             reader = cv2.VideoCapture(str(segment))
             while (frame := reader.read()[1]) is not None:
-                writer = writer or open_writer(joined, self.fourcc, self.fps, frame.shape[1::-1])
+                writer = writer or open_video(joined, self.fps, frame.shape[1::-1], self.codec)
                 writer.write(frame)
                 frames += 1
             reader.release()

@@ -40,7 +40,16 @@ CRAFTED_HEADERS: list[dict] = [
 
 
 def header(**changes) -> dict:
-    base = {"v": FORMAT_VERSION, "kind": "frame", "stream": "capture", "seq": 0, "ts": 1.0, "image": None, "fields": {}}
+    base = {
+        "v": FORMAT_VERSION,
+        "kind": "frame",
+        "stream": "capture",
+        "seq": 0,
+        "ts": 1.0,
+        "media_ts": 0.0,
+        "image": None,
+        "fields": {},
+    }
     base.update(changes)
     return base
 
@@ -74,7 +83,7 @@ def random_message(rng: random.Random) -> list[bytes]:
     if roll < 0.3:
         return [msgpack.packb(_random_value(rng))]
     if roll < 0.7:
-        key = rng.choice(["seq", "ts", "stamps", "stream", "meta", "fields", "image", "kind", "v"])
+        key = rng.choice(["seq", "ts", "media_ts", "stamps", "stream", "meta", "fields", "image", "kind", "v"])
         frames = [msgpack.packb(header(**{key: _random_value(rng)}))]
     else:
         frames = [msgpack.packb(header(**rng.choice(CRAFTED_HEADERS)))]

@@ -38,7 +38,7 @@ def test_random_bytes_raise_only_message_error(head, buffers):
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.sampled_from(["seq", "ts", "stamps", "stream", "meta", "fields", "image", "kind"]),
+    st.sampled_from(["seq", "ts", "media_ts", "stamps", "stream", "meta", "fields", "image", "kind"]),
     values,
     st.lists(st.binary(max_size=64), max_size=3),
 )

@@ -39,6 +39,9 @@ def test_dashboard_shows_frames_arriving_and_the_chart_updating(video, model_dir
         assert int(page.get_attribute("#bars", "data-updates")) > updates  # the chart refreshes
         assert page.locator("#bars div").count() >= 1  # at least one emotion bar
         assert "capture" in page.inner_text("#fps")
+        assert page.locator("#faces li i").count() >= 1  # the face now, with its colour
+        assert page.locator("#minute rect").count() >= 1  # the last minute's chart
+        page.wait_for_function("/log\\s+[0-9.]+/.test(document.getElementById('fps').innerText)", timeout=20_000)
         assert errors == []
         page.screenshot(path=str(tmp_path / "dashboard.png"))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream.mjpg", timeout=10) as stream:

@@ -28,6 +28,7 @@ def frame_message() -> Message:
         stream="cam",
         seq=7,
         ts=12.5,
+        media_ts=0.2336,
         stamps={"capture": 12.6},
         image=image,
         fields={"test_marks": {"map": seg, "scores": [0.5, 0.5]}},
@@ -42,11 +43,12 @@ def as_bytes(frames) -> list[bytes]:
 def test_raw_round_trip_keeps_every_field():
     msg = frame_message()
     out = decode(as_bytes(encode(msg)))
-    assert (out.kind, out.stream, out.seq, out.ts, out.stamps, out.meta) == (
+    assert (out.kind, out.stream, out.seq, out.ts, out.media_ts, out.stamps, out.meta) == (
         "frame",
         "cam",
         7,
         12.5,
+        0.2336,
         {"capture": 12.6},
         {"fps": 25.0},
     )
@@ -75,7 +77,16 @@ def test_end_of_stream_round_trip():
 
 
 def header(**changes) -> bytes:
-    base = {"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 0, "ts": 0.0, "image": None, "fields": {}}
+    base = {
+        "v": FORMAT_VERSION,
+        "kind": "frame",
+        "stream": "s",
+        "seq": 0,
+        "ts": 0.0,
+        "media_ts": 0.0,
+        "image": None,
+        "fields": {},
+    }
     base.update(changes)
     return msgpack.packb(base)
 
@@ -92,6 +103,9 @@ def header(**changes) -> bytes:
         ([header(seq=float("inf"))], "seq: expected an integer"),
         ([header(seq=-1)], "seq: expected an integer"),
         ([header(ts=float("nan"))], "ts: expected a finite number"),
+        ([header(media_ts=float("inf"))], "media_ts: expected a finite number"),
+        ([header(media_ts="1.5")], "media_ts: expected a finite number"),
+        ([header(media_ts=None)], "media_ts: expected a finite number"),
         ([header(stamps={"x": "y"})], "stamps['x']: expected a finite number"),
         ([header(stamps=[1])], "stamps: expected a map"),
         ([header(stream=5)], "stream: expected a string"),

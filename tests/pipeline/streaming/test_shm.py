@@ -69,7 +69,9 @@ def test_a_link_that_is_not_shm_refuses_references(ring):
 
 
 def header(image: dict) -> list[bytes]:
-    return [msgpack.packb({"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 3, "ts": 0.0, "image": image})]
+    return [
+        msgpack.packb({"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 3, "ts": 0.0, "media_ts": 0.0, "image": image})
+    ]
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,10 @@
 """The command line: errors are one line naming the place, with a named exit code, before anything starts."""
 
+import pytest
 from click.testing import CliRunner
 
-from pipeline.errors import ExitCode
-from pipeline.tools.cli import main
+from pipeline.errors import ExitCode, PipelineError
+from pipeline.tools.cli import _train_out, main
 from tests.conftest import ROOT
 
 
@@ -29,3 +30,16 @@ def test_an_unwritable_output_folder_fails_before_any_worker_starts(tmp_path):
     assert result.exit_code == ExitCode.CONFIG
     assert f"--out {blocked / 'out'}: cannot write there" in result.output
     assert "started" not in result.output
+
+
+def test_train_never_writes_over_the_shipped_model_unasked(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(ROOT / "models" / "default")])
+    assert result.exit_code == ExitCode.CONFIG
+    assert "that is the shipped model; pass --replace-default" in result.output
+    assert _train_out(str(ROOT / "models" / "default"), True, False) == str(ROOT / "models" / "default")
+
+
+def test_train_writes_to_a_new_folder_under_runs_by_default():
+    assert _train_out(None, False, False).startswith("runs/train-")
+    with pytest.raises(PipelineError, match="name it with --out"):
+        _train_out(None, False, True)

@@ -45,7 +45,9 @@ def test_contract_names_are_the_record_fields():
 
 
 def header(faces) -> bytes:
-    return msgpack.packb({"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 0, "ts": 0.0, "fields": {FACES: faces}})
+    return msgpack.packb(
+        {"v": FORMAT_VERSION, "kind": "frame", "stream": "s", "seq": 0, "ts": 0.0, "media_ts": 0.0, "fields": {FACES: faces}}
+    )
 
 
 @pytest.mark.parametrize(
