@@ -102,7 +102,9 @@ def test_two_halves_connected_over_tcp(video, model_dir, tmp_path, free_ports):
     names = ["detect", "segment", "classify", "track", "render", "log"]
     base = free_ports(len(names))
     endpoints = [f"{name}.endpoint=tcp://127.0.0.1:{base + i}" for i, name in enumerate(names)]
-    sets = [arg for e in endpoints for arg in ("--set", e)]
+    endpoints.append(f"segment.bind=tcp://0.0.0.0:{base + 1}")
+    assert run_cli("keys", "new", str(tmp_path / "keys"), "camera", "compute").returncode == 0
+    sets = [arg for e in [*endpoints, f"keys={tmp_path / 'keys'}"] for arg in ("--set", e)]
     compute = start_cli(
         "run", "configs/distributed.yaml", "--stages", "segment,classify,track,render,log", "--out", str(tmp_path), *sets
     )
@@ -130,6 +132,32 @@ def test_two_halves_connected_over_tcp(video, model_dir, tmp_path, free_ports):
     assert set(stage_pids(camera_out)) == {"capture", "detect"}
     assert set(stage_pids(compute_out)) == {"segment", "classify", "track", "render", "log"}
     check_outputs(tmp_path, video)
+
+
+def test_a_stage_started_on_no_host_is_named_within_seconds(model_dir, tmp_path, free_ports):
+    # The README's recipe once left track out of both --stages lists: the run waited silently.
+    names = ["detect", "segment", "classify", "track", "render", "log"]
+    base = free_ports(len(names))
+    sets = [arg for i, name in enumerate(names) for arg in ("--set", f"{name}.endpoint=tcp://127.0.0.1:{base + i}")]
+    assert run_cli("keys", "new", str(tmp_path / "keys"), "camera", "compute").returncode == 0
+    sets += ["--set", f"segment.bind=tcp://127.0.0.1:{base + 1}", "--set", f"keys={tmp_path / 'keys'}"]
+    started = time.monotonic()
+    proc = start_cli("run", "configs/distributed.yaml", "--stages", "segment,classify,render,log", "--out", str(tmp_path), *sets)
+    lines: list[str] = []
+    try:
+        wait_for(
+            proc,
+            rf"classify: waiting for track at tcp://127.0.0.1:{base + 3}: is a host running --stages \.\.\.,track\?",
+            lines,
+            60,
+        )
+        waited = time.monotonic() - started
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert waited < 30, f"named only after {waited:.0f} s"  # start-up (spawning, the model) plus a few seconds
+    assert proc.returncode == 130, ("".join(lines) + rest)[-3000:]
 
 
 def wait_for(proc: subprocess.Popen, pattern: str, lines: list[str], timeout: float = 120) -> re.Match:

@@ -8,10 +8,13 @@ whether to reorder. It is small and picklable, so it is what a launcher hands a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import ConfigError
+from pipeline.streaming.keys import CurveClient, CurveServer, key_pair, public_key
 from pipeline.streaming.stage import IMAGE, Params, Stage
 from pipeline.streaming.topology import Topology, worker_id
 
@@ -31,6 +34,8 @@ class OutputPlan:
         hwm: queue bound in messages.
         codec: how the image travels: ``shm``, ``raw`` or ``jpeg``.
         image: whether the consumer or a stage after it uses the pixels (else none are sent).
+        local: whether this run starts the consumer too (else another host must: ``--stages``).
+        curve: this host's keys and the consumer's public key, on a secured tcp:// link.
     """
 
     consumer: str
@@ -39,6 +44,8 @@ class OutputPlan:
     hwm: int
     codec: str
     image: bool
+    local: bool = True
+    curve: CurveClient | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class InputPlan:
         leaky: some link into it drops the oldest frames (keep only the newest ``hwm``).
         shm: some link into it carries images in shared memory.
         reorder_wait_s: with a reorder buffer, how long a gap is waited for; None: no buffer.
+        curve: this host's keys and the client keys it accepts, on a secured tcp:// endpoint.
     """
 
     bind: str
@@ -58,6 +66,7 @@ class InputPlan:
     leaky: bool
     shm: bool
     reorder_wait_s: float | None
+    curve: CurveServer | None = None
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,18 @@ class WorkerPlan:
         return worker_id(self.stage, self.worker)
 
 
-def compile_plan(topology: Topology, name: str, worker: int) -> WorkerPlan:
-    """The plan of worker ``worker`` of stage ``name``."""
+def compile_plan(topology: Topology, name: str, worker: int, local: frozenset[str] | None = None) -> WorkerPlan:
+    """The plan of worker ``worker`` of stage ``name``.
+
+    Args:
+        topology: the validated topology.
+        name: the stage.
+        worker: which of its workers.
+        local: the stages this run starts (None: all); the others run on other hosts.
+
+    Raises:
+        ConfigError: a key file this worker needs is missing or unsafe (named with its place).
+    """
     cls, config = topology.classes[name], topology.stages[name]
     return WorkerPlan(
         pipeline=topology.name,
@@ -106,6 +125,8 @@ def compile_plan(topology: Topology, name: str, worker: int) -> WorkerPlan:
                 hwm=link.hwm,
                 codec=topology.codec(consumer.name, link),
                 image=topology.needs_image[consumer.name],
+                local=local is None or consumer.name in local,
+                curve=_client_keys(topology, name, consumer.name),
             )
             for consumer, link in topology.consumers(name)
         ),
@@ -128,7 +149,42 @@ def _input_plan(topology: Topology, name: str, worker: int) -> InputPlan:
         leaky=leaky,
         shm=any(topology.codec(name, link) == "shm" for link in links),
         reorder_wait_s=(REORDER_WAIT_LEAKY_S if leaky else REORDER_WAIT_S) if reorder else None,
+        curve=_server_keys(topology, name),
     )
+
+
+def _server_keys(topology: Topology, name: str) -> CurveServer | None:
+    """A binding stage's key pair and the public keys of the hosts of its producers (Ironhouse)."""
+    keys = topology.link_keys(name)
+    if keys is None:
+        return None
+    stage = topology.stages[name]
+    with _placed(topology, name):
+        public, secret = key_pair(keys, stage.host)
+        hosts = {topology.stages[link.source].host for link in stage.inputs}
+        clients = {public_key(keys, host): host for host in sorted(hosts)}
+    return CurveServer(public, secret, clients)
+
+
+def _client_keys(topology: Topology, name: str, consumer: str) -> CurveClient | None:
+    """A producer's key pair and the public key its consumer's host must prove it holds."""
+    keys = topology.link_keys(consumer)
+    if keys is None:
+        return None
+    host, server_host = topology.stages[name].host, topology.stages[consumer].host
+    with _placed(topology, name):
+        public, secret = key_pair(keys, host)
+        server = public_key(keys, server_host)
+    return CurveClient(public, secret, server, host, server_host)
+
+
+@contextmanager
+def _placed(topology: Topology, name: str) -> Iterator[None]:
+    """Prefix a key file's error with the stage that needs it (the file names the rest)."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{topology.where(name)}: {exc}") from None
 
 
 def compile_plans(topology: Topology, only: list[str] | None = None) -> list[WorkerPlan]:
@@ -136,8 +192,9 @@ def compile_plans(topology: Topology, only: list[str] | None = None) -> list[Wor
 
     Consumers start first so that their endpoints are bound when producers start sending.
     """
+    local = None if only is None else frozenset(only)
     return [
-        compile_plan(topology, name, i)
+        compile_plan(topology, name, i, local)
         for name in reversed(topology.order)
         if only is None or name in only
         for i in range(topology.stages[name].workers)

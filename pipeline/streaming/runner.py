@@ -75,7 +75,7 @@ def run_worker(
         # upstream (and in the end the source) waits instead of queueing frames during start-up.
         loop.outbound.wait_until_connected()
         if plan.input is not None:
-            inp = PullInput(ctx, plan.input, loop.shared, loop.report.malformed, loop.report.dropped)
+            inp = PullInput(ctx, plan.input, loop.shared, loop.report.malformed, loop.report.dropped, plan.label)
         control.emit("started")
         log.info("%s: started in process %d", plan.label, os.getpid())
         loop.run_source(start, _progress_file(plan, settings)) if inp is None else loop.run_stage(inp)

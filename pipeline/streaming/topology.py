@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import ConfigError
 from pipeline.streaming import registry
+from pipeline.streaming.keys import HOST_PATTERN, is_loopback
 from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
 
 Policy = Literal["block", "drop-oldest"]
@@ -51,6 +52,11 @@ class StageConfig(BaseModel):
     workers: int = Field(1, ge=1, le=64, description="processes sharing this stage's input")
     endpoint: str | None = Field(None, description="where upstream stages connect: ipc://path or tcp://host:port")
     bind: str | None = Field(None, description="what this stage binds, when it differs from endpoint (tcp://0.0.0.0:port)")
+    host: str | None = Field(
+        None, pattern=HOST_PATTERN, description="the machine that runs this stage: the name of its key pair (KEYS/<host>.key)"
+    )
+    keys: str | None = Field(None, description="key directory for the tcp:// links into this stage (default: the pipeline's)")
+    insecure: bool = Field(False, description="accept unauthenticated, unencrypted tcp:// peers from other machines")
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("inputs", mode="before")
@@ -76,6 +82,9 @@ class TopologyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field("pipeline", description="pipeline name, used in logs")
+    keys: str | None = Field(
+        None, description="key directory (<host>.key, <host>.key_secret): every tcp:// link is authenticated and encrypted"
+    )
     stages: list[StageConfig] = Field(min_length=1)
 
 
@@ -134,6 +143,14 @@ class Topology:
         if link.codec != "auto":
             return link.codec
         return "shm" if self._endpoint(consumer).startswith("ipc://") else "raw"
+
+    def link_keys(self, name: str) -> Path | None:
+        """The key directory securing the links into ``name``: None on ipc:// or ``insecure: true``."""
+        stage = self.stages[name]
+        keys = stage.keys or self.config.keys
+        if keys is None or stage.insecure or not self._endpoint(name).startswith("tcp://"):
+            return None
+        return Path(keys)
 
     def expected_eos(self, name: str, stream: str) -> int:
         """How many end-of-stream markers for ``stream`` reach each worker of ``name``."""
@@ -247,6 +264,7 @@ class Topology:
             raise ConfigError(f"stages: {exc}") from None
         self._check_contracts()
         self._check_endpoints()
+        self._check_security()
 
     def _check_contracts(self) -> None:
         provided: dict[str, frozenset[str]] = {}
@@ -281,6 +299,29 @@ class Topology:
                 if key in owner:
                     raise ConfigError(f"{self.where(name)}.endpoint: {endpoint} clashes with stage {owner[key]!r}")
                 owner[key] = name
+
+    def _check_security(self) -> None:
+        """A link other machines can reach is secured or says it need not be; secured ones name their hosts."""
+        for name, stage in self.stages.items():
+            if self.classes[name].is_source or not self._endpoint(name).startswith("tcp://"):
+                continue
+            keys = self.link_keys(name)
+            field = "bind" if stage.bind else "endpoint"
+            exposed = next((e for e in self.bind_endpoints(name) if not is_loopback(e)), None)
+            if keys is None and exposed and not stage.insecure:
+                raise ConfigError(
+                    f"{self.where(name)}.{field}: {exposed} is reachable from other machines: "
+                    "name a key directory (keys: DIR) or say insecure: true"
+                )
+            if keys is None:
+                continue
+            for peer in [name] + [link.source for link in stage.inputs]:
+                if self.stages[peer].host is None:
+                    role = "binds" if peer == name else f"sends to {name} over"
+                    raise ConfigError(
+                        f"{self.where(peer)}.host: required: this stage {role} a tcp:// link secured with {keys}; "
+                        f"name the key pair of the machine it runs on ({keys}/<host>.key)"
+                    )
 
 
 def worker_id(stage: str, worker: int) -> str:
@@ -358,7 +399,8 @@ def load_topology(
         path: the YAML file.
         runtime_dir: folder for default ipc endpoints.
         overrides: ``stage.key=value`` strings; ``key`` is a stage field (``workers``,
-            ``endpoint``) or a param; the value is parsed as YAML.
+            ``endpoint``) or a param; the value is parsed as YAML. ``key=value`` without a stage
+            sets a top-level field (``keys=DIR``).
         source: sets ``params.source`` of the (single) source stage.
     """
     path = Path(path)
@@ -374,7 +416,7 @@ def load_topology(
         raise ConfigError(f"{path}: the top level must be a map with a `stages:` list")
     stages = raw.get("stages")
     if isinstance(stages, list):
-        _apply_overrides(stages, overrides or [], source)
+        _apply_overrides(raw, stages, overrides or [], source)
     try:
         config = TopologyConfig(**raw)
     except ValidationError as exc:
@@ -388,13 +430,18 @@ def load_topology(
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def _apply_overrides(stages: list[Any], overrides: list[str], source: str | None) -> None:
+def _apply_overrides(raw: dict[str, Any], stages: list[Any], overrides: list[str], source: str | None) -> None:
     by_name = {s.get("name"): s for s in stages if isinstance(s, dict)}
+    top = set(TopologyConfig.model_fields) - {"stages"}
     for item in overrides:
         key, sep, value = item.partition("=")
         stage_name, dot, field = key.partition(".")
+        if sep and not dot and key in top:
+            raw[key] = yaml.safe_load(value)  # a top-level field: each host names its own key directory
+            continue
         if not sep or not dot or not field:
-            raise ConfigError(f"--set {item!r}: expected stage.key=value")
+            fields = ", ".join(f"{k}=..." for k in sorted(top))
+            raise ConfigError(f"--set {item!r}: expected stage.key=value (or top-level {fields})")
         if stage_name not in by_name:
             raise ConfigError(f"--set {item!r}: no stage named {stage_name!r}; stages are {', '.join(map(str, by_name))}")
         target = by_name[stage_name]

@@ -5,6 +5,13 @@ one PUSH socket per consumer worker and spreads frames over them itself. Doing t
 robin here (instead of letting one PUSH socket do it) lets a producer skip a worker whose
 queue is full or which is restarting, and send end-of-stream to every worker. Sockets are
 made inside the worker from its own context, with ``linger=0``, and closed in ``close``.
+
+Security: a link whose plan carries Curve keys is a CurveZMQ link (Ironhouse). The binding
+worker runs a ZAP authenticator in its context that accepts only the client keys its plan
+lists; the connecting side insists on the server key its plan names. Readiness (the
+handshake) and end-of-stream travel on these same sockets, so a peer without a listed key can
+neither look ready, nor send a frame, nor end a stream. ipc:// links stay on one machine and
+carry no keys; the launcher's control socket is ipc:// too.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from typing import Any
 
 import msgpack
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from pipeline.errors import LinkError, MessageError
+from pipeline.streaming.keys import CurveClient, CurveServer
 from pipeline.streaming.message import MAX_BUFFER_BYTES, MAX_HEADER_BYTES, Message, decode
 from pipeline.streaming.plan import InputPlan, OutputPlan
 from pipeline.streaming.shm import SharedFrames
@@ -32,8 +41,67 @@ log = logging.getLogger(__name__)
 POLL_MS = 100
 PEER_TIMEOUT_S = 60.0  # how long a consumer may be gone (a crashed worker being restarted) before a send gives up
 FINISH_TIMEOUT_S = 600.0  # how long a producer waits for connected consumers to take its last frames
+WAIT_FIRST_LOG_S = 3.0  # a consumer that has not bound by then is probably not started anywhere
 WAIT_LOG_EVERY_S = 5.0
 MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + 2 * MAX_BUFFER_BYTES  # ZMQ_MAXMSGSIZE: bigger ones are refused unread
+ZAP_DOMAIN = "emotion-pipeline"
+MAX_REFUSED_LOGGED = 100  # unknown keys logged once each, up to this many (a flood must not fill the log)
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH,  # the server's authenticator refused our key
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,  # keys that do not match, or keys on one side only
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+)
+_LINK_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+for _event in _HANDSHAKE_FAILED:
+    _LINK_EVENTS |= _event
+
+
+def _secure_client(sock: zmq.Socket, curve: CurveClient) -> None:
+    """Make ``sock`` a CurveZMQ client that talks only to the holder of ``curve.server``'s secret."""
+    sock.curve_secretkey = curve.secret
+    sock.curve_publickey = curve.public
+    sock.curve_serverkey = curve.server
+
+
+def _secure_server(sock: zmq.Socket, curve: CurveServer) -> None:
+    """Make ``sock`` a CurveZMQ server whose clients are checked by this context's authenticator."""
+    sock.curve_secretkey = curve.secret
+    sock.curve_publickey = curve.public
+    sock.curve_server = True
+    sock.zap_domain = ZAP_DOMAIN.encode()
+    # Without a ZAP handler libzmq would accept any client key; with this option (where the
+    # library offers it) it refuses instead, should the authenticator ever be missing.
+    with contextlib.suppress(AttributeError, zmq.ZMQError):
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+
+
+class _KnownClients:
+    """The authenticator's check: a client key is accepted only if the plan lists it."""
+
+    def __init__(self, curve: CurveServer, label: str):
+        self.clients, self.label = curve.clients, label
+        self._refused: set[bytes] = set()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.clients:
+            return True
+        if key not in self._refused and len(self._refused) < MAX_REFUSED_LOGGED:
+            self._refused.add(key)
+            log.warning(
+                "%s: refused a peer with an unknown key %s...: accepted are the keys of %s",
+                self.label,
+                key[:8].decode(errors="replace"),
+                ", ".join(sorted(set(self.clients.values()))),
+            )
+        return False
+
+
+def _start_authenticator(ctx: zmq.Context, curve: CurveServer, label: str) -> ThreadAuthenticator:
+    """A ZAP handler for this worker's context; it must run before the socket binds."""
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger(f"{__name__}.zap"))
+    auth.configure_curve_callback(ZAP_DOMAIN, _KnownClients(curve, label))
+    auth.start()
+    return auth
 
 
 class PushLink:
@@ -51,7 +119,9 @@ class PushLink:
             sock.setsockopt(zmq.SNDHWM, plan.hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to workers that are connected
-            self._monitors.append(sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED))
+            if plan.curve is not None:
+                _secure_client(sock, plan.curve)
+            self._monitors.append(sock.get_monitor_socket(_LINK_EVENTS))
             sock.connect(endpoint)
             self.sockets.append(sock)
         self._next = 0
@@ -59,6 +129,7 @@ class PushLink:
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLOUT)
         self._connected = [False] * len(self.sockets)
+        self._failed: list[int | None] = [None] * len(self.sockets)  # the last handshake failure per socket
 
     def send(self, frames: list) -> bool:
         """Send to the next worker with room. Returns False if the frame was dropped.
@@ -108,13 +179,26 @@ class PushLink:
         Consumers bind only once they are ready (see ``run_worker``), so this is how readiness
         travels upstream: a source sends its first frame when the whole graph can take it.
         """
-        next_log = time.monotonic() + WAIT_LOG_EVERY_S
+        next_log = time.monotonic() + WAIT_FIRST_LOG_S
         while not all(self._update_connections()) and not self.stop.is_set():
             zmq.select(self._monitors, [], [], POLL_MS / 1000)
             if time.monotonic() > next_log:
-                next_log += WAIT_LOG_EVERY_S
-                missing = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s, ok in zip(self.sockets, self._connected) if not ok]
-                log.info("%s: waiting for %s at %s", label, self.plan.consumer, ", ".join(missing))
+                next_log = time.monotonic() + WAIT_LOG_EVERY_S
+                self._log_waiting(label)
+
+    def _log_waiting(self, label: str) -> None:
+        """Say which consumer is missing and the likely reason, by name."""
+        consumer, plan = self.plan.consumer, self.plan
+        missing = [(e, f) for e, ok, f in zip(plan.endpoints, self._connected, self._failed) if not ok]
+        failed = [(e, f) for e, f in missing if f is not None]
+        if failed:
+            log.warning("%s: %s", label, _handshake_problem(plan, *failed[0]))
+            return
+        where = ", ".join(e for e, _ in missing)
+        if plan.local:  # started by this run: it binds once it and its own consumers are ready
+            log.info("%s: waiting for %s at %s (starting here, or waiting for its own consumers)", label, consumer, where)
+        else:
+            log.warning("%s: waiting for %s at %s: is a host running --stages ...,%s?", label, consumer, where, consumer)
 
     def wait_for_consumers(self, timeout_s: float) -> None:
         """Wait until every consumer worker that was connected has hung up.
@@ -138,6 +222,8 @@ class PushLink:
             while monitor.poll(0):
                 event = recv_monitor_message(monitor)["event"]
                 self._connected[i] = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+                if event in _HANDSHAKE_FAILED or self._connected[i]:
+                    self._failed[i] = event if event in _HANDSHAKE_FAILED else None
         return self._connected
 
     def close(self) -> None:
@@ -145,6 +231,18 @@ class PushLink:
             sock.disable_monitor()
             monitor.close(linger=0)
             sock.close(linger=0)
+
+
+def _handshake_problem(plan: OutputPlan, endpoint: str, event: int) -> str:
+    """What a failed handshake with a consumer most likely means, and what to do."""
+    curve = plan.curve
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and curve is not None:
+        return f"{plan.consumer} at {endpoint} refused this host's key: copy the current {curve.host}.key to its key directory"
+    server = f"the {curve.server_host}.key here" if curve is not None else "what this host expects"
+    return (
+        f"the handshake with {plan.consumer} at {endpoint} failed: its host's key is not {server} (rotated?), "
+        "or only one side uses keys (insecure: true on one host only?)"
+    )
 
 
 class PullInput:
@@ -156,6 +254,7 @@ class PullInput:
         shared: maps images sent through shared memory (refused on links that are not shm).
         on_malformed: called with the error of every message that cannot be decoded.
         on_dropped: called with every frame dropped to keep the newest ones.
+        label: the worker's name, for logs.
     """
 
     def __init__(
@@ -165,13 +264,22 @@ class PullInput:
         shared: SharedFrames,
         on_malformed: Callable[[str], None],
         on_dropped: Callable[[Message], None],
+        label: str = "",
     ):
         self.plan = plan
         self.sock = ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, plan.hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self.sock.bind(plan.bind)
+        self.auth: ThreadAuthenticator | None = None
+        try:
+            if plan.curve is not None:
+                self.auth = _start_authenticator(ctx, plan.curve, label or plan.bind)
+                _secure_server(self.sock, plan.curve)
+            self.sock.bind(plan.bind)
+        except BaseException:
+            self.close()  # the worker's context.term() would wait forever for these
+            raise
         self.shared = shared if plan.shm else None
         self.pending: deque[Message] = deque()
         self.on_malformed, self.on_dropped = on_malformed, on_dropped
@@ -213,6 +321,9 @@ class PullInput:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
 
 
 class Control:

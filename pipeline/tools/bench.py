@@ -55,22 +55,16 @@ def pipeline_run(topology: Topology, out: Path, context: dict[str, Any]) -> dict
     result: RunResult = ProcessLauncher(topology, {**context, "out": str(out)}, on_event=on_event).run()
     if result.code != 0:
         raise PipelineError(f"benchmark run {out.name} failed with exit code {result.code}")
-    sinks = [s for s in result.snapshots if topology.classes[s["stage"]].is_sink]
-    series = sorted(p for s in sinks for p in s["latency_series"])
-    latencies = [ms for s in sinks for ms in s["latency_ms"]]
-    frames = max(s["frames_in"] for s in sinks)
+    sink = sink_figures(topology, result)
+    series, fps = sink.pop("series"), sink["fps"]
     first_capture = series[0][0]
-    last_done = max(ts + ms / 1000 for ts, ms in series)
     # A stage's cost is all the CPU its processes spent per frame once frames flowed: process(),
     # the codec and ZeroMQ, and library threads (video decoding and encoding); start-up excluded.
     cpu = {name: row["cpu_ms_per_frame"] for name, row in result.stages.items()}
     per_frame_cost = sum(v for v in cpu.values() if v)
     ideal = (os.cpu_count() or 1) * 1000 / per_frame_cost if per_frame_cost else None
-    fps = (frames - 1) / (last_done - first_capture) if frames > 1 else 0.0
     return {
-        "frames": frames,
-        "fps": _round(fps, 1),
-        "latency_ms": _percentiles(latencies),
+        **sink,
         "dropped": sum(row["dropped"] + row["late"] for row in result.stages.values()),
         "cpu_ms_per_frame": {k: _round(v) for k, v in cpu.items()},
         "work_ms_per_frame": {name: _round(row["work_ms_per_frame"]) for name, row in result.stages.items()},
@@ -78,10 +72,32 @@ def pipeline_run(topology: Topology, out: Path, context: dict[str, Any]) -> dict
         "efficiency": _round(fps / ideal if ideal else None, 3),
         "rss_mib": {name: _round(row["rss_mib"], 1) for name, row in result.stages.items()},
         "rss_growth_mib": {name: _round(v[-1] - v[min(2, len(v) - 1)], 1) for name, v in rss_seen.items() if v},
-        "first_frame_s": _round(min(s["first_ts"] for s in sinks if s["first_ts"]) - result.started),
+        "first_frame_s": _round(min(s["first_ts"] for s in _sinks(topology, result) if s["first_ts"]) - result.started),
         "latency_series": [[round(ts - first_capture, 4), round(ms, 2)] for ts, ms in series],
         "one_face_share": _one_face_share(_database(topology, out)),
     }
+
+
+def sink_figures(topology: Topology, result: RunResult) -> dict[str, Any]:
+    """Frames, frames/s and capture-to-sink latency seen by the sinks of a finished run.
+
+    Frames/s runs from the first capture to the last frame done at a sink, so start-up (model
+    loading) is left out. The capture times come from the source's clock: across machines,
+    latency is only as good as their clock synchronisation.
+    """
+    sinks = _sinks(topology, result)
+    series = sorted(p for s in sinks for p in s["latency_series"])
+    if not series:
+        raise PipelineError("no frame reached a sink")
+    frames = max(s["frames_in"] for s in sinks)
+    last_done = max(ts + ms / 1000 for ts, ms in series)
+    fps = (frames - 1) / (last_done - series[0][0]) if frames > 1 else 0.0
+    latencies = [ms for s in sinks for ms in s["latency_ms"]]
+    return {"frames": frames, "fps": _round(fps, 1), "latency_ms": _percentiles(latencies), "series": series}
+
+
+def _sinks(topology: Topology, result: RunResult) -> list[dict[str, Any]]:
+    return [s for s in result.snapshots if topology.classes[s["stage"]].is_sink]
 
 
 def _database(topology: Topology, out: Path) -> Path | None:

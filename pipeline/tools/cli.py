@@ -1,4 +1,4 @@
-"""Command line: run, validate, stages, train, evaluate, report, migrate, bench."""
+"""Command line: run, validate, stages, keys, train, evaluate, report, migrate, bench, soak."""
 
 from __future__ import annotations
 
@@ -136,7 +136,13 @@ class _EventSink:
     type=click.Path(file_okay=False),
     help="directory for sink output (annotated.mp4, emotions.sqlite)",
 )
-@click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE", help="override a stage field or param")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="STAGE.KEY=VALUE",
+    help="override a stage field or param, or a top-level field (keys=DIR)",
+)
 @click.option("--stages", "only", help="comma-separated stages to run on this machine (default: all)")
 @click.option(
     "--runtime-dir",
@@ -208,6 +214,30 @@ def validate(config, overrides, source):
         inputs = ", ".join(link.source for link in stage.inputs) or "-"
         click.echo(f"{name:<12} {stage.type:<10} workers={stage.workers}  inputs: {inputs}")
     click.echo(f"{config}: ok")
+
+
+@main.group()
+def keys() -> None:
+    """CurveZMQ key pairs for the tcp:// links between hosts."""
+
+
+@keys.command("new")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True, help="replace existing pairs (key rotation: peers need the new public key)")
+def new_keys(directory, names, force):
+    """Make a key pair for each host NAME in DIRECTORY: NAME.key (public, to copy to the other
+    hosts) and NAME.key_secret (mode 0600, never leaves this host)."""
+    import re
+
+    from pipeline.streaming.keys import HOST_PATTERN, new_key_pair
+
+    for name in names:
+        if not re.fullmatch(HOST_PATTERN, name):
+            raise PipelineError(f"keys new: {name!r} is not a host name (letters, digits, '_', '.', '-')")
+        public, secret = new_key_pair(directory, name, force)
+        click.echo(f"{public}  (public: copy to the hosts that talk to {name})")
+        click.echo(f"{secret}  (secret: keep on {name})")
 
 
 @main.command("stages")

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -185,3 +186,71 @@ def test_a_model_trained_with_segmentation_needs_a_segment_stage_upstream(tmp_pa
             assert "stages[2] (classify).inputs: a classify stage needs seg from upstream" in error_of(tmp_path, stages)
         else:
             assert load_topology(write(tmp_path, stages), tmp_path).order == ["capture", "detect", "classify", "log"]
+
+
+def test_a_tcp_bind_other_machines_reach_needs_keys_or_insecure(tmp_path, model_dir):
+    exposed = {"endpoint": "tcp://10.77.1.2:5556", "bind": "tcp://0.0.0.0:5556"}
+    message = error_of(tmp_path, chain(model_dir, segment=exposed))
+    assert message.endswith(
+        "stages[2] (segment).bind: tcp://0.0.0.0:5556 is reachable from other machines: "
+        "name a key directory (keys: DIR) or say insecure: true"
+    )
+    message = error_of(tmp_path, chain(model_dir, segment={"endpoint": "tcp://10.77.1.2:5556"}))
+    assert "stages[2] (segment).endpoint: tcp://10.77.1.2:5556 is reachable from other machines" in message
+    assert load_topology(write(tmp_path, chain(model_dir, segment={**exposed, "insecure": True})), tmp_path)
+    assert load_topology(write(tmp_path, chain(model_dir, segment={"endpoint": "tcp://127.0.0.1:5556"})), tmp_path)
+
+
+def test_a_secured_link_names_the_host_of_both_ends(tmp_path, model_dir):
+    stages = chain(model_dir, segment={"endpoint": "tcp://0.0.0.0:5556", "host": "compute"})
+    path = write(tmp_path, stages, keys="keys")
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(detect\)\.host: required: this stage sends to segment over a tcp://"):
+        load_topology(path, tmp_path)
+    stages[1]["host"] = "camera"
+    topology = load_topology(write(tmp_path, stages, keys="keys"), tmp_path)
+    assert topology.link_keys("segment") == Path("keys") and topology.link_keys("classify") is None  # ipc://
+
+
+def test_a_stage_can_name_its_own_key_directory_or_opt_out(tmp_path, model_dir):
+    secured = {"endpoint": "tcp://0.0.0.0:5556", "host": "compute"}
+    stages = chain(model_dir, segment={**secured, "keys": "other"}, detect={"host": "camera"})
+    assert load_topology(write(tmp_path, stages, keys="keys"), tmp_path).link_keys("segment") == Path("other")
+    stages = chain(model_dir, segment={**secured, "insecure": True})
+    assert load_topology(write(tmp_path, stages, keys="keys"), tmp_path).link_keys("segment") is None
+
+
+def test_set_names_a_top_level_key_directory(tmp_path, model_dir):
+    stages = chain(model_dir, segment={"endpoint": "tcp://0.0.0.0:5556", "host": "compute"}, detect={"host": "camera"})
+    topology = load_topology(write(tmp_path, stages), tmp_path, overrides=[f"keys={tmp_path / 'k'}"])
+    assert topology.link_keys("segment") == tmp_path / "k"
+    assert "expected stage.key=value (or top-level keys=..., name=...)" in error_of(tmp_path, stages, overrides=["segment=1"])
+
+
+def test_missing_key_files_are_named_when_this_host_compiles_its_workers(tmp_path, model_dir):
+    from pipeline.streaming.keys import new_key_pair
+    from pipeline.streaming.plan import compile_plans
+
+    stages = chain(model_dir, segment={"endpoint": "tcp://0.0.0.0:5556", "host": "compute"}, detect={"host": "camera"})
+    topology = load_topology(write(tmp_path, stages, keys=str(tmp_path / "keys")), tmp_path)
+    new_key_pair(tmp_path / "keys", "compute")
+    assert compile_plans(topology, ["classify", "log"])  # no tcp:// link there: no key needed
+    with pytest.raises(ConfigError, match=r"stages\[2\] \(segment\): .*camera.key: no such key file: copy camera.key"):
+        compile_plans(topology, ["segment"])
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(detect\): .*camera.key_secret: no such key file: make it"):
+        compile_plans(topology, ["detect"])
+    new_key_pair(tmp_path / "keys", "camera")
+    plans = {plan.stage: plan for plan in compile_plans(topology)}
+    assert set(plans["segment"].input.curve.clients.values()) == {"camera"}
+    assert plans["detect"].outputs[0].curve.server == plans["segment"].input.curve.public
+
+
+def test_two_host_recipes_start_every_stage(model_dir, monkeypatch):
+    """Each --stages recipe in the README and in configs/distributed.yaml covers every stage once."""
+    monkeypatch.chdir(ROOT)
+    stages = set(load_topology(ROOT / "configs" / "distributed.yaml", ROOT).stages)
+    for doc in (ROOT / "README.md", ROOT / "configs" / "distributed.yaml"):
+        started = re.findall(r"run configs/distributed\.yaml --stages ([\w,]+)", doc.read_text())
+        assert started, f"{doc.name}: no two-host recipe found"
+        for i in range(0, len(started), 2):
+            halves = [set(s.split(",")) for s in started[i : i + 2]]
+            assert halves[0] | halves[1] == stages and not halves[0] & halves[1], (doc.name, halves)

@@ -43,3 +43,27 @@ def test_train_writes_to_a_new_folder_under_runs_by_default():
     assert _train_out(None, False, False).startswith("runs/train-")
     with pytest.raises(PipelineError, match="name it with --out"):
         _train_out(None, False, True)
+
+
+def test_keys_new_makes_a_pair_per_host_and_keeps_existing_ones(tmp_path):
+    result = CliRunner().invoke(main, ["keys", "new", str(tmp_path / "keys"), "camera", "compute"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        "camera.key", "camera.key_secret", "compute.key", "compute.key_secret"
+    ]  # fmt: skip
+    again = CliRunner().invoke(main, ["keys", "new", str(tmp_path / "keys"), "camera"])
+    assert again.exit_code == ExitCode.CONFIG and "exists; rotate it with --force" in again.output
+    assert CliRunner().invoke(main, ["keys", "new", str(tmp_path / "keys"), "camera", "--force"]).exit_code == 0
+    bad = CliRunner().invoke(main, ["keys", "new", str(tmp_path / "keys"), "../up"])
+    assert bad.exit_code == ExitCode.CONFIG and "is not a host name" in bad.output
+
+
+def test_a_run_without_its_key_files_fails_before_any_worker_starts(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["run", str(ROOT / "configs" / "distributed.yaml"), "--stages", "capture,detect", "--source", "0",
+         "--set", f"keys={tmp_path / 'none'}", "--out", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert result.exit_code == ExitCode.CONFIG
+    assert "stages[1] (detect): " in result.output and "camera.key_secret: no such key file" in result.output
+    assert "started" not in result.output

@@ -1,0 +1,181 @@
+"""Links over real sockets: CurveZMQ keys decide who may send and who may receive; waits say why."""
+
+import contextlib
+import logging
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from pipeline.streaming import transport
+from pipeline.streaming.keys import CurveClient, CurveServer, new_key_pair
+from pipeline.streaming.launcher import ThreadLauncher
+from pipeline.streaming.message import Message, encode
+from pipeline.streaming.plan import InputPlan, OutputPlan
+from pipeline.streaming.shm import SharedFrames
+from pipeline.streaming.topology import load_topology
+from pipeline.streaming.transport import PullInput, PushLink
+from tests.pipeline.streaming.test_launcher import logged_frames, make_video
+
+FRAME = encode(Message(stream="capture", seq=7, ts=1.0, image=np.zeros((8, 8, 3), np.uint8)))
+EOS = encode(Message.eos("capture", 0, "capture:0"))
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)  # a failed test must not leave term() waiting for its sockets
+
+
+@pytest.fixture
+def endpoint(free_ports):
+    return f"tcp://127.0.0.1:{free_ports(1)}"
+
+
+@pytest.fixture
+def hosts():
+    """Key pairs of the compute host (server), the camera host (listed client) and an intruder."""
+    return {name: zmq.curve_keypair() for name in ("compute", "camera", "intruder")}
+
+
+def bound(ctx, endpoint: str, server: tuple[bytes, bytes], clients: dict[str, bytes]) -> tuple[PullInput, list[str]]:
+    plan = InputPlan(endpoint, 4, False, False, None, CurveServer(*server, {k: name for name, k in clients.items()}))
+    errors: list[str] = []
+    return PullInput(ctx, plan, SharedFrames(), errors.append, lambda m: None, "segment"), errors
+
+
+def link(ctx, endpoint: str, own: tuple[bytes, bytes], server: bytes, stop: threading.Event, **plan) -> PushLink:
+    curve = CurveClient(*own, server, "camera", "compute")
+    defaults = {"consumer": "segment", "endpoints": (endpoint,), "policy": "block", "hwm": 4, "codec": "raw", "image": True}
+    return PushLink(ctx, OutputPlan(**{**defaults, **plan, "curve": curve}), stop)
+
+
+def received(inp: PullInput, seconds: float) -> list[Message]:
+    out, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        msg = inp.next(50)
+        if msg is not None:
+            out.append(msg)
+    return out
+
+
+def stop_after(seconds: float) -> threading.Event:
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.daemon = True
+    timer.start()
+    return stop
+
+
+def intrude(ctx, endpoint: str, keys: tuple[bytes, bytes] | None, server: bytes, seconds: float) -> set[int]:
+    """Push frames and end-of-stream for ``seconds``; return the connection events seen."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    if keys:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = *keys, server
+    monitor = sock.get_monitor_socket()
+    sock.connect(endpoint)
+    events, deadline = set(), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for frames in (FRAME, EOS):
+            with contextlib.suppress(zmq.Again):
+                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        while monitor.poll(20):
+            events.add(recv_monitor_message(monitor)["event"])
+    sock.disable_monitor()
+    monitor.close(linger=0)
+    sock.close(linger=0)
+    return events
+
+
+def test_only_a_listed_client_key_gets_frames_and_end_of_stream_through(ctx, endpoint, hosts, caplog):
+    inp, errors = bound(ctx, endpoint, hosts["compute"], {"camera": hosts["camera"][0]})
+    try:
+        server = hosts["compute"][0]
+        with caplog.at_level(logging.WARNING):
+            unknown = intrude(ctx, endpoint, hosts["intruder"], server, 1.0)
+            plain = intrude(ctx, endpoint, None, server, 0.5)
+        assert received(inp, 0.3) == [] and errors == []
+        assert zmq.EVENT_HANDSHAKE_FAILED_AUTH in unknown and zmq.EVENT_HANDSHAKE_SUCCEEDED not in unknown
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED not in plain
+        assert "segment: refused a peer with an unknown key" in caplog.text
+
+        camera = link(ctx, endpoint, hosts["camera"], server, stop_after(5))
+        camera.wait_until_connected("detect")
+        assert all(camera._connected)
+        assert camera.send(FRAME)
+        camera.broadcast(encode(Message.eos("capture", 1, "capture:0")))
+        got = received(inp, 0.5)
+        camera.close()
+    finally:
+        inp.close()
+    assert [(m.kind, m.seq) for m in got] == [("frame", 7), ("eos", 1)]
+
+
+def test_a_producer_sends_nothing_to_a_server_without_the_expected_key(ctx, endpoint, hosts):
+    impostor = zmq.curve_keypair()
+    inp, _ = bound(ctx, endpoint, impostor, {"camera": hosts["camera"][0]})
+    camera = link(ctx, endpoint, hosts["camera"], hosts["compute"][0], stop_after(1.0), policy="drop-oldest")
+    try:
+        camera.wait_until_connected("detect")
+        assert camera._connected == [False]
+        assert camera.send(FRAME) is False  # no authenticated peer: nothing is queued for it
+        assert received(inp, 0.5) == []
+    finally:
+        camera.close()
+        inp.close()
+
+
+def test_a_producer_names_a_consumer_no_host_started(ctx, endpoint, hosts, monkeypatch, caplog):
+    monkeypatch.setattr(transport, "WAIT_FIRST_LOG_S", 0.2)
+    classify = link(ctx, endpoint, hosts["camera"], hosts["compute"][0], stop_after(0.8), consumer="track", local=False)
+    try:
+        with caplog.at_level(logging.INFO):
+            classify.wait_until_connected("classify")
+    finally:
+        classify.close()
+    assert f"classify: waiting for track at {endpoint}: is a host running --stages ...,track?" in caplog.text
+
+
+def test_a_producer_whose_key_is_refused_says_so(ctx, endpoint, hosts, monkeypatch, caplog):
+    monkeypatch.setattr(transport, "WAIT_FIRST_LOG_S", 0.5)
+    inp, _ = bound(ctx, endpoint, hosts["compute"], {"camera": hosts["camera"][0]})
+    detect = link(ctx, endpoint, hosts["intruder"], hosts["compute"][0], stop_after(1.2))
+    try:
+        with caplog.at_level(logging.INFO):
+            detect.wait_until_connected("detect")
+    finally:
+        detect.close()
+        inp.close()
+    assert f"detect: segment at {endpoint} refused this host's key: copy the current camera.key" in caplog.text
+
+
+def test_a_pipeline_with_keys_runs_over_curve_links(tmp_path, free_ports):
+    make_video(tmp_path / "clip.mp4", 30)
+    for host in ("camera", "compute"):
+        new_key_pair(tmp_path / "keys", host)
+    port = free_ports(1)
+    config = {
+        "name": "secure",
+        "keys": str(tmp_path / "keys"),
+        "stages": [
+            {"name": "capture", "type": "capture", "host": "camera", "params": {"source": str(tmp_path / "clip.mp4"),
+                                                                                "pacing": "max"}},
+            {"name": "detect", "type": "detect", "host": "compute", "inputs": ["capture"],
+             "endpoint": f"tcp://127.0.0.1:{port}", "bind": f"tcp://0.0.0.0:{port}"},
+            {"name": "log", "type": "log", "inputs": ["detect"]},
+        ],
+    }  # fmt: skip
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(config))
+    topology = load_topology(tmp_path / "t.yaml", tmp_path / "rt")
+    launcher = ThreadLauncher(topology, {"out": str(tmp_path / "out")})
+    plans = {plan.stage: plan for plan in launcher.plans}
+    assert plans["capture"].outputs[0].curve is not None and plans["detect"].input.curve is not None
+    result = launcher.run()
+    assert result.code == 0
+    assert logged_frames(tmp_path) == list(range(30))
