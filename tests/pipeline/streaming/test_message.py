@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import MessageError
-from pipeline.streaming.message import FORMAT_VERSION, Message, decode, encode, register_field
+from pipeline.streaming.message import Message, decode, encode, register_field
+from tests.faults.messages import header as a_header
 
 
 class MarksCodec:
@@ -77,18 +78,7 @@ def test_end_of_stream_round_trip():
 
 
 def header(**changes) -> bytes:
-    base = {
-        "v": FORMAT_VERSION,
-        "kind": "frame",
-        "stream": "s",
-        "seq": 0,
-        "ts": 0.0,
-        "media_ts": 0.0,
-        "image": None,
-        "fields": {},
-    }
-    base.update(changes)
-    return msgpack.packb(base)
+    return msgpack.packb(a_header(**{"stream": "s", "ts": 0.0, **changes}))
 
 
 @pytest.mark.parametrize(
