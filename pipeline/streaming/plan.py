@@ -8,16 +8,20 @@ whether to reorder. It is small and picklable, so it is what a launcher hands a 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.streaming.stage import IMAGE, Params, Stage
-from pipeline.streaming.topology import Topology, worker_id
+from pipeline.streaming.topology import InputConfig, Topology, worker_id
 
 REORDER_CAPACITY = 128
 REORDER_WAIT_S = 10.0  # lossless links lose a frame only with a crashed worker: worth waiting for
 REORDER_WAIT_LEAKY_S = 0.25  # leaky links drop frames on purpose: skip gaps quickly
+
+# Stage name -> one endpoint per worker, found at start instead of read from the file (the Ray
+# launcher learns each worker's node only once Ray has placed it). A worker binds its own.
+Endpoints = Mapping[str, Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,9 @@ class WorkerPlan:
         return worker_id(self.stage, self.worker)
 
 
-def compile_plan(topology: Topology, name: str, worker: int) -> WorkerPlan:
-    """The plan of worker ``worker`` of stage ``name``."""
-    cls, config = topology.classes[name], topology.stages[name]
+def compile_plan(topology: Topology, name: str, worker: int, endpoints: Endpoints | None = None) -> WorkerPlan:
+    """The plan of worker ``worker`` of stage ``name``; ``endpoints`` replace those of the file."""
+    cls, config, endpoints = topology.classes[name], topology.stages[name], endpoints or {}
     return WorkerPlan(
         pipeline=topology.name,
         stage=name,
@@ -97,14 +101,14 @@ def compile_plan(topology: Topology, name: str, worker: int) -> WorkerPlan:
         workers=config.workers,
         stage_cls=cls,
         params=topology.params[name],
-        input=None if cls.is_source else _input_plan(topology, name, worker),
+        input=None if cls.is_source else _input_plan(topology, name, worker, endpoints),
         outputs=tuple(
             OutputPlan(
                 consumer=consumer.name,
-                endpoints=tuple(topology.endpoints(consumer.name)),
+                endpoints=tuple(endpoints.get(consumer.name) or topology.endpoints(consumer.name)),
                 policy=link.policy,
                 hwm=link.hwm,
-                codec=topology.codec(consumer.name, link),
+                codec=_codec(topology, consumer.name, link, endpoints),
                 image=topology.needs_image[consumer.name],
             )
             for consumer, link in topology.consumers(name)
@@ -118,26 +122,34 @@ def compile_plan(topology: Topology, name: str, worker: int) -> WorkerPlan:
     )
 
 
-def _input_plan(topology: Topology, name: str, worker: int) -> InputPlan:
+def _codec(topology: Topology, consumer: str, link: InputConfig, endpoints: Endpoints) -> str:
+    """How images travel on ``link``; ``auto`` over resolved endpoints: shm only if every one is ipc://."""
+    if consumer not in endpoints or link.codec != "auto":
+        return topology.codec(consumer, link)
+    return "shm" if all(e.startswith("ipc://") for e in endpoints[consumer]) else "raw"
+
+
+def _input_plan(topology: Topology, name: str, worker: int, endpoints: Endpoints) -> InputPlan:
     links = topology.stages[name].inputs
     leaky = any(link.policy == "drop-oldest" for link in links)
     reorder = topology.classes[name].ordered_input and topology.out_of_order[name]
     return InputPlan(
-        bind=topology.bind_endpoints(name)[worker],
+        bind=endpoints[name][worker] if name in endpoints else topology.bind_endpoints(name)[worker],
         hwm=max(link.hwm for link in links),
         leaky=leaky,
-        shm=any(topology.codec(name, link) == "shm" for link in links),
+        shm=any(_codec(topology, name, link, endpoints) == "shm" for link in links),
         reorder_wait_s=(REORDER_WAIT_LEAKY_S if leaky else REORDER_WAIT_S) if reorder else None,
     )
 
 
-def compile_plans(topology: Topology, only: list[str] | None = None) -> list[WorkerPlan]:
+def compile_plans(topology: Topology, only: list[str] | None = None, endpoints: Endpoints | None = None) -> list[WorkerPlan]:
     """Plans of every worker of the stages in ``only`` (default: all), consumers first.
 
     Consumers start first so that their endpoints are bound when producers start sending.
+    ``endpoints`` replace those of the file for the stages it names (see ``Endpoints``).
     """
     return [
-        compile_plan(topology, name, i)
+        compile_plan(topology, name, i, endpoints)
         for name in reversed(topology.order)
         if only is None or name in only
         for i in range(topology.stages[name].workers)

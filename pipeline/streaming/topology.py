@@ -21,6 +21,8 @@ from pipeline.streaming import registry
 from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
 
 Policy = Literal["block", "drop-oldest"]
+# A Ray custom resource name, or a node label key=value (Ray's label syntax is Kubernetes').
+_PLACEMENT = r"[A-Za-z][A-Za-z0-9_.-]{0,62}|([a-z0-9.-]{1,253}/)?[A-Za-z0-9_.-]{1,63}=[A-Za-z0-9_.-]{0,63}"
 
 
 class InputConfig(BaseModel):
@@ -52,6 +54,25 @@ class StageConfig(BaseModel):
     endpoint: str | None = Field(None, description="where upstream stages connect: ipc://path or tcp://host:port")
     bind: str | None = Field(None, description="what this stage binds, when it differs from endpoint (tcp://0.0.0.0:port)")
     params: dict[str, Any] = Field(default_factory=dict)
+    # Read by the Ray launcher only (``--launcher ray``); the process launcher runs every stage here.
+    placement: list[str] = Field(
+        default_factory=list,
+        description="Ray: what a node must have to run this stage: a custom resource (camera) or a label (zone=lab)",
+    )
+    cpus: float | None = Field(None, gt=0, le=64, description="Ray: CPUs each worker reserves (default 0.25)")
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _placement_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("placement")
+    @classmethod
+    def _placement_form(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(_PLACEMENT, item):
+                raise ValueError(f"must be a resource name (camera) or a label key=value (zone=lab), got {item!r}")
+        return value
 
     @field_validator("inputs", mode="before")
     @classmethod
