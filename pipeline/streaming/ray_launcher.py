@@ -211,6 +211,7 @@ class RayLauncher(Launcher):
         self._actors: dict[str, _Actor] = {}
         self._group: Any = None
         self._connected = False
+        self.shipped = False  # whether the checkout went to the cluster as Ray's working_dir
 
     # --- phase 1: connect, place, locate -----------------------------------------
     def open(self) -> None:
@@ -234,13 +235,27 @@ class RayLauncher(Launcher):
         main = threading.current_thread() is threading.main_thread()
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
-            ray.init(address=self.address, log_to_driver=True, logging_level=logging.WARNING)
+            ray.init(address=self.address, runtime_env=self._ship(), log_to_driver=True, logging_level=logging.WARNING)
         except ConnectionError as exc:
             raise PipelineError(f"--address {self.address}: no Ray cluster there ({exc})") from None
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
         self._connected = True
+
+    def _ship(self) -> dict[str, Any] | None:
+        """What the workers need of this checkout, when the driver's files are not on the cluster.
+
+        A driver on a node of the cluster (``auto``, ``HOST:PORT``) has Ray put its folder on
+        the workers' import path, and workers on the same machine or a shared file system find
+        it. Through Ray Client (``ray://``) the driver is elsewhere: the checkout (code, configs,
+        models) goes to the cluster as Ray's ``working_dir``, cached there by its content.
+        """
+        if not self.address.startswith("ray://") or not (Path.cwd() / "pipeline" / "streaming").is_dir():
+            return None
+        self.shipped = True
+        log.info("Ray Client: sending this checkout (%s) to the cluster as Ray's working_dir", Path.cwd())
+        return {"working_dir": str(Path.cwd()), "excludes": [".git", ".venv", "tests", "docs", "*.keras", "out", "runs"]}
 
     def _place(self) -> None:
         """Reserve a bundle per worker in one placement group, then create each worker's actor in it.
@@ -297,7 +312,8 @@ class RayLauncher(Launcher):
     def settings(self, worker: Worker) -> dict[str, Any]:
         """Node-local state (a source's progress file) lives on the worker's node, where Ray restarts it."""
         site = self._actors[worker.plan.id].site
-        return {**super().settings(worker), "state_dir": site.runtime, "workdir": os.getcwd()}
+        workdir = {} if self.shipped else {"workdir": os.getcwd()}  # shipped: Ray runs workers in their copy
+        return {**super().settings(worker), "state_dir": site.runtime, **workdir}
 
     def start_worker(self, worker: Worker) -> None:
         state = self._actors[worker.plan.id]
@@ -323,23 +339,27 @@ class RayLauncher(Launcher):
         """Poll every running actor (one call in flight each); return the events of those that answered."""
         now = time.monotonic()
         for state in self._actors.values():
-            if state.args is None or state.code is not None or state.start_ref or state.poll_ref or now < state.not_before:
+            busy = state.start_ref is not None or state.poll_ref is not None
+            if state.args is None or state.code is not None or busy or now < state.not_before:
                 continue
             if state.incarnation is None:  # the start call failed while Ray restarted the actor: again
                 state.start_ref = state.actor.start.remote(*state.args)
             else:
                 state.poll_ref = state.actor.poll.remote(POLL_WAIT_S)
-        pending = {ref: s for s in self._actors.values() for ref in (s.start_ref, s.poll_ref) if ref is not None}
+        # By id: Ray Client hands back other objects for the same references.
+        pending = {ref.hex(): (ref, s) for s in self._actors.values() for ref in (s.start_ref, s.poll_ref) if ref is not None}
         if not pending:
             time.sleep(timeout_ms / 1000)
             return []
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=timeout_ms / 1000)
+        refs = [ref for ref, _ in pending.values()]
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_ms / 1000)
         if ready:  # and whatever else has come meanwhile
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         events: list[dict[str, Any]] = []
         for ref in ready:
-            state = pending[ref]
-            events += self._started(state, ref) if ref is state.start_ref else self._polled(state, ref)
+            state = pending[ref.hex()][1]
+            started = state.start_ref is not None and ref.hex() == state.start_ref.hex()
+            events += self._started(state, ref) if started else self._polled(state, ref)
         return events
 
     def _started(self, state: _Actor, ref: Any) -> list[dict[str, Any]]:
@@ -364,6 +384,10 @@ class RayLauncher(Launcher):
             return []
         except RayActorError as exc:
             self._died(state, f"its actor died and Ray will not restart it: {_first_line(exc)}")
+            return []
+        except ray.exceptions.RayTaskError as exc:  # poll itself failed: nothing more will come from it
+            log.error("%s: lost contact: %s", state.label, exc.cause)
+            state.code, state.reason = ExitCode.FAILED, f"lost contact: {exc.cause}"
             return []
         if answer["incarnation"] != state.incarnation:
             self._died(state, "its actor's process died; Ray restarted the actor")

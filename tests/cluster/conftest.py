@@ -46,12 +46,16 @@ class RayCluster:
         env: environment for drivers (token authentication).
         prefix: what a driver's command starts with to run where it reaches the cluster.
         nodes: node role -> its address.
+        client: the head's Ray Client address (``ray://HOST:PORT``).
+        client_prefix: like ``prefix``, on the other node (a driver away from the head).
     """
 
     address: str
     env: dict[str, str]
     prefix: list[str]
     nodes: dict[str, str]
+    client: str = ""
+    client_prefix: list[str] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     folder: Path = Path()
 
@@ -83,8 +87,8 @@ def _start_nodes(cluster: RayCluster, prefixes: list[list[str]]) -> None:
             f"--temp-dir={cluster.folder / 'head'}", '--resources={"camera": 1}', "--labels=role=camera", *common]  # fmt: skip
     other = [RAY, "start", f"--address={cluster.address}", f"--node-ip-address={compute_ip}",
              f"--temp-dir={cluster.folder / 'compute'}", "--labels=role=compute", *common]  # fmt: skip
+    head.append(f"--ray-client-server-port={cluster.client.rpartition(':')[2]}")
     if head_ip == compute_ip:  # both on 127.0.0.1, beside whatever else runs here: ports of their own
-        head.append(f"--ray-client-server-port={free_port()}")
         other += ["--node-manager-port=0", "--object-manager-port=0"]
     for prefix, command in zip(prefixes, (head, other)):
         result = _sh(*prefix, *command, check=False, env=env)
@@ -127,10 +131,9 @@ def _stop(cluster: RayCluster) -> None:
     shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[RayCluster]:
-    """A two-node Ray cluster (camera node, compute node), stopped at the end of the session."""
-    pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[cluster]'")
+@contextlib.contextmanager
+def two_node_cluster() -> Iterator[RayCluster]:
+    """Start the two nodes (in namespaces where possible); stop them and clean up on the way out."""
     tag, subnet = f"erl{os.getpid() % 100000}", f"10.78.{os.getpid() % 250 + 1}"
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
     cluster = RayCluster("", env, [], {}, folder=Path(tempfile.mkdtemp(prefix=f"{tag}-", dir="/tmp")))
@@ -146,12 +149,22 @@ def ray_cluster() -> Iterator[RayCluster]:
             cluster.namespaces, cluster.nodes, prefixes = [], {"camera": "127.0.0.1", "compute": "127.0.0.1"}, [[], []]
         port = 6379 if cluster.namespaces else free_port()  # a namespace has every port to itself
         cluster.address, cluster.prefix = f"{cluster.nodes['camera']}:{port}", prefixes[0]
+        cluster.client = f"ray://{cluster.nodes['camera']}:{10001 if cluster.namespaces else free_port()}"
+        cluster.client_prefix = prefixes[1]
         started = time.monotonic()
         _start_nodes(cluster, prefixes)
         FIGURES.append(f"Ray cluster of 2 nodes ({json.dumps(cluster.nodes)}) up in {time.monotonic() - started:.1f} s")
         yield cluster
     finally:
         _stop(cluster)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A two-node Ray cluster (camera node, compute node), stopped at the end of the session."""
+    pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[cluster]'")
+    with two_node_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

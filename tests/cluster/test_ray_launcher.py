@@ -21,10 +21,10 @@ from tests.test_integration import CLIP_FRAMES, check_outputs, video_frames, wai
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
-def start_driver(cluster: RayCluster, *args: str) -> subprocess.Popen:
-    """``run_pipeline.py ARGS`` where it reaches the cluster (in the head node's namespace)."""
+def start_driver(cluster: RayCluster, *args: str, prefix: list[str] | None = None) -> subprocess.Popen:
+    """``run_pipeline.py ARGS`` where it reaches the cluster (by default in the head node's namespace)."""
     return subprocess.Popen(
-        [*cluster.prefix, PYTHON, "run_pipeline.py", *args],
+        [*(cluster.prefix if prefix is None else prefix), PYTHON, "run_pipeline.py", *args],
         cwd=ROOT,
         env={**os.environ, **cluster.env},
         stdout=subprocess.PIPE,
@@ -33,8 +33,8 @@ def start_driver(cluster: RayCluster, *args: str) -> subprocess.Popen:
     )
 
 
-def run_driver(cluster: RayCluster, *args: str, timeout: float = 240) -> tuple[int, str]:
-    proc = start_driver(cluster, *args)
+def run_driver(cluster: RayCluster, *args: str, timeout: float = 240, prefix: list[str] | None = None) -> tuple[int, str]:
+    proc = start_driver(cluster, *args, prefix=prefix)
     try:
         output, _ = proc.communicate(timeout=timeout)
     finally:
@@ -126,17 +126,33 @@ def test_ctrl_c_stops_the_run_and_its_actors(ray_cluster, video, model_dir, tmp_
 
 
 def test_start_up_overhead_against_the_process_launcher(ray_cluster, video, model_dir, tmp_path, figures):
-    """Time to the first frame out of a sink, the same YAML and 30 frames, one launcher after the other."""
+    """Time to the first frame out of a sink: the same YAML and 30 frames, the two launchers alternating twice."""
     short = ["--set", "capture.pacing=max", "--set", "capture.max_frames=30"]
-    code, ray_output = run_driver(ray_cluster, *ray_run(ray_cluster, video, tmp_path / "ray", *short))
-    assert code == 0, ray_output[-3000:]
-    local = subprocess.run(
-        [PYTHON, "run_pipeline.py", "run", "configs/ray.yaml", "--source", str(video), "--out", str(tmp_path / "p"), *short],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert local.returncode == 0, local.stderr[-3000:]
-    ray_s, process_s = first_frame_s(ray_output), first_frame_s(local.stdout)
-    placed = re.search(r"placed and their actors up in ([\d.]+) s", ray_output).group(1)
-    figures.append(f"first frame out: Ray launcher {ray_s} s (actors placed and up in {placed} s), "
-                   f"process launcher {process_s} s: overhead {ray_s - process_s:+.1f} s")  # fmt: skip
-    assert ray_s < process_s + 30
+    ray_s, process_s, placed = [], [], []
+    for attempt in range(2):
+        code, output = run_driver(ray_cluster, *ray_run(ray_cluster, video, tmp_path / f"ray{attempt}", *short))
+        assert code == 0, output[-3000:]
+        ray_s.append(first_frame_s(output))
+        placed.append(float(re.search(r"placed and their actors up in ([\d.]+) s", output).group(1)))
+        local = subprocess.run(
+            [PYTHON, "run_pipeline.py", "run", "configs/ray.yaml", "--source", str(video), "--out", str(tmp_path / f"p{attempt}"),
+             *short], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert local.returncode == 0, local.stderr[-3000:]
+        process_s.append(first_frame_s(local.stdout))
+    overhead = sum(ray_s) / 2 - sum(process_s) / 2
+    figures.append(f"first frame out: Ray launcher {ray_s} s (of which actors placed and up {placed} s), "
+                   f"process launcher {process_s} s: overhead {overhead:+.1f} s on average")  # fmt: skip
+    assert overhead < 30
+
+
+def test_a_driver_through_ray_client_ships_the_checkout_and_runs_the_same(ray_cluster, video, model_dir, tmp_path):
+    """``--address ray://HEAD:10001`` from the other node: Ray Client, the checkout sent as Ray's working_dir."""
+    args = ray_run(ray_cluster, video, tmp_path, "--set", "capture.pacing=max", "--set", "capture.max_frames=30")
+    args[args.index("--address") + 1] = ray_cluster.client
+    code, output = run_driver(ray_cluster, *args, prefix=ray_cluster.client_prefix)
+    assert code == 0, output[-4000:]
+    assert nodes_of(output)["capture"] == ray_cluster.nodes["camera"]
+    assert "sending this checkout" in output and "as Ray's working_dir" in output
+    with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
+        assert [r[0] for r in db.execute("SELECT frame FROM frames ORDER BY rowid")] == list(range(30))
