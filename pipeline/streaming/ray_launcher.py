@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 PLACE_TIMEOUT_S = 60.0  # for Ray to reserve every worker's bundle, and for the actors to come up
 POLL_WAIT_S = 0.2  # how long an actor holds a poll open when it has no event
 RETRY_S = 0.2  # between calls to an actor Ray is restarting
+NODE_CHECK_S = 2.0  # how often the driver asks Ray which nodes are alive
 ACTOR_DIED = -1  # exit code of a worker whose actor process died (Ray restarts it, or gave up)
 
 
@@ -115,8 +117,14 @@ class StageActor:
 
     def start(self, plan: WorkerPlan, settings: dict[str, Any]) -> dict[str, Any]:
         """Run the worker in a thread; return this process's id and incarnation."""
-        if self._thread is not None and self._thread.is_alive():
-            raise RuntimeError(f"{self.label} is already running")
+        if self._thread is not None and self._thread.is_alive():  # a start sent again after a lost answer
+            return {"pid": os.getpid(), "incarnation": self.incarnation}
+        node = ray.get_runtime_context().get_node_id()
+        if node != settings.get("node_id", node):  # its node was lost and Ray re-placed its bundle
+            raise RuntimeError(
+                f"{self.label} was placed on node {settings['node_id'][:12]} and now runs on {node[:12]}: "
+                "its endpoint and its producers' links point to the old node (a lost node is not survived)"
+            )
         logging.basicConfig(level=settings.get("log_level", logging.INFO), format=settings.get("log_format"))
         if os.path.isdir(settings.get("workdir", "")):
             os.chdir(settings["workdir"])  # relative paths in the file (models/default) mean the same as for the driver
@@ -202,7 +210,7 @@ class RayLauncher(Launcher):
         address: str = "auto",
         strategy: str = "SPREAD",
         max_restarts: int = 3,
-        on_event: Any = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ):
         super().__init__(topology, context, None, max_restarts, on_event)
         self.address, self.strategy = address, strategy
@@ -212,6 +220,7 @@ class RayLauncher(Launcher):
         self._group: Any = None
         self._connected = False
         self.shipped = False  # whether the checkout went to the cluster as Ray's working_dir
+        self._nodes_checked = 0.0
 
     # --- phase 1: connect, place, locate -----------------------------------------
     def open(self) -> None:
@@ -313,7 +322,7 @@ class RayLauncher(Launcher):
         """Node-local state (a source's progress file) lives on the worker's node, where Ray restarts it."""
         site = self._actors[worker.plan.id].site
         workdir = {} if self.shipped else {"workdir": os.getcwd()}  # shipped: Ray runs workers in their copy
-        return {**super().settings(worker), "state_dir": site.runtime, **workdir}
+        return {**super().settings(worker), "state_dir": site.runtime, "node_id": site.node_id, **workdir}
 
     def start_worker(self, worker: Worker) -> None:
         state = self._actors[worker.plan.id]
@@ -355,12 +364,29 @@ class RayLauncher(Launcher):
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_ms / 1000)
         if ready:  # and whatever else has come meanwhile
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        events: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = self._lost_nodes()
         for ref in ready:
             state = pending[ref.hex()][1]
             started = state.start_ref is not None and ref.hex() == state.start_ref.hex()
             events += self._started(state, ref) if started else self._polled(state, ref)
         return events
+
+    def _lost_nodes(self) -> list[dict[str, Any]]:
+        """A fatal event for the workers of a node Ray has marked dead (checked every few seconds).
+
+        Their links point at that node: Ray could re-place them elsewhere, but the plans of their
+        producers would still name the old addresses. Stopping now says why, instead of the
+        producers' "no worker connected for 60 s" a minute later.
+        """
+        if time.monotonic() < self._nodes_checked + NODE_CHECK_S:
+            return []
+        self._nodes_checked = time.monotonic()
+        dead = {n["NodeID"]: n.get("NodeManagerAddress") for n in ray.nodes() if not n.get("Alive")}
+        return [
+            _fatal(state, f"its node {dead[state.site.node_id]} was lost (a lost node is not survived)")
+            for state in self._actors.values()
+            if state.site.node_id in dead and state.args is not None and state.code is None
+        ]
 
     def _started(self, state: _Actor, ref: Any) -> list[dict[str, Any]]:
         state.start_ref = None
@@ -370,9 +396,8 @@ class RayLauncher(Launcher):
             state.not_before = time.monotonic() + RETRY_S
         except RayActorError as exc:
             self._died(state, f"its actor is gone: {_first_line(exc)}")
-        except ray.exceptions.RayTaskError as exc:
-            log.error("%s: could not start: %s", state.label, exc.cause)
-            state.code, state.reason = ExitCode.FAILED, f"could not start: {exc.cause}"
+        except ray.exceptions.RayTaskError as exc:  # starting again would fail the same way: stop the run
+            return [_fatal(state, f"could not start: {exc.cause}")]
         return []
 
     def _polled(self, state: _Actor, ref: Any) -> list[dict[str, Any]]:
@@ -429,6 +454,13 @@ class RayLauncher(Launcher):
                     break
                 except (RayActorError, GetTimeoutError, ray.exceptions.RayTaskError):
                     continue
+
+
+def _fatal(state: _Actor, error: str) -> dict[str, Any]:
+    """End a worker for good: the event that makes the launcher stop the run with ``error``."""
+    plan = state.args[0]
+    state.code, state.reason = ExitCode.FAILED, error
+    return {"event": "fatal", "stage": plan.stage, "worker": plan.worker, "code": ExitCode.FAILED, "error": error}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -79,21 +79,28 @@ def _make_namespaces(tag: str, subnet: str) -> list[str]:
 
 
 def _start_nodes(cluster: RayCluster, prefixes: list[list[str]]) -> None:
-    head_ip, compute_ip = cluster.nodes["camera"], cluster.nodes["compute"]
-    common = [f"--num-cpus={NODE_CPUS}", "--disable-usage-stats"]
-    env = {**os.environ, **cluster.env}
-    port = cluster.address.rpartition(":")[2]
+    head_ip, port = cluster.nodes["camera"], cluster.address.rpartition(":")[2]
     head = [RAY, "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}", "--include-dashboard=false",
-            f"--temp-dir={cluster.folder / 'head'}", '--resources={"camera": 1}', "--labels=role=camera", *common]  # fmt: skip
-    other = [RAY, "start", f"--address={cluster.address}", f"--node-ip-address={compute_ip}",
-             f"--temp-dir={cluster.folder / 'compute'}", "--labels=role=compute", *common]  # fmt: skip
-    head.append(f"--ray-client-server-port={cluster.client.rpartition(':')[2]}")
-    if head_ip == compute_ip:  # both on 127.0.0.1, beside whatever else runs here: ports of their own
+            f"--ray-client-server-port={cluster.client.rpartition(':')[2]}", f"--temp-dir={cluster.folder / 'head'}",
+            '--resources={"camera": 1}', "--labels=role=camera", f"--num-cpus={NODE_CPUS}", "--disable-usage-stats"]  # fmt: skip
+    _ray_start(cluster, prefixes[0], head)
+    start_compute_node(cluster, prefixes[1])
+
+
+def start_compute_node(cluster: RayCluster, prefix: list[str]) -> None:
+    """(Re)start the node labelled ``role=compute`` and join it to the head."""
+    other = [RAY, "start", f"--address={cluster.address}", f"--node-ip-address={cluster.nodes['compute']}",
+             f"--temp-dir={cluster.folder / 'compute'}", "--labels=role=compute", f"--num-cpus={NODE_CPUS}",
+             "--disable-usage-stats"]  # fmt: skip
+    if not cluster.namespaces:  # both on 127.0.0.1, beside whatever else runs here: ports of their own
         other += ["--node-manager-port=0", "--object-manager-port=0"]
-    for prefix, command in zip(prefixes, (head, other)):
-        result = _sh(*prefix, *command, check=False, env=env)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command[:3])} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    _ray_start(cluster, prefix, other)
+
+
+def _ray_start(cluster: RayCluster, prefix: list[str], command: list[str]) -> None:
+    result = _sh(*prefix, *command, check=False, env={**os.environ, **cluster.env})
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
 
 def _cluster_pids(cluster: RayCluster) -> set[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.conftest import RayCluster
+from tests.cluster.conftest import RayCluster, start_compute_node
 from tests.conftest import PYTHON, ROOT
 from tests.test_integration import CLIP_FRAMES, check_outputs, video_frames, wait_for
 
@@ -156,3 +156,24 @@ def test_a_driver_through_ray_client_ships_the_checkout_and_runs_the_same(ray_cl
     assert "sending this checkout" in output and "as Ray's working_dir" in output
     with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
         assert [r[0] for r in db.execute("SELECT frame FROM frames ORDER BY rowid")] == list(range(30))
+
+
+def test_a_lost_node_stops_the_run_naming_it(ray_cluster, video, model_dir, tmp_path):
+    """Every process of the compute node killed mid-run (last: it restarts that node afterwards)."""
+    if not ray_cluster.namespaces:
+        pytest.skip("needs the nodes in network namespaces: without them the node's processes cannot be told apart")
+    proc = start_driver(ray_cluster, *ray_run(ray_cluster, video, tmp_path))
+    lines: list[str] = []
+    compute = ray_cluster.namespaces[1]
+    try:
+        wait_for(proc, r"capture: running in process", lines)
+        time.sleep(3)
+        for pid in subprocess.run(["ip", "netns", "pids", compute], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+        start_compute_node(ray_cluster, ray_cluster.client_prefix)
+    output = "".join(lines) + rest
+    assert proc.returncode == 1, output[-4000:]
+    assert re.search(rf"lost: \S+: its node {re.escape(ray_cluster.nodes['compute'])} was lost", output), output[-4000:]
