@@ -169,7 +169,7 @@ class StageActor:
         self._stop.set()
 
     def cleanup(self, pids: list[int]) -> None:
-        """At the end of the run: remove frame rings that dead workers on this node left, and the run's folder."""
+        """At the end of the run: remove the frame rings of its workers on this node (all ended by now) and its folder."""
         remove_rings(set(pids))
         shutil.rmtree(self.runtime, ignore_errors=True)
 
