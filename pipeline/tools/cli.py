@@ -219,7 +219,8 @@ def validate(config, overrides, source):
     for name in topology.order:
         stage = topology.stages[name]
         inputs = ", ".join(link.source for link in stage.inputs) or "-"
-        click.echo(f"{name:<12} {stage.type:<10} workers={stage.workers}  inputs: {inputs}")
+        where = f"  placement: {', '.join(stage.placement)}" if stage.placement else ""  # read by --launcher ray
+        click.echo(f"{name:<12} {stage.type:<10} workers={stage.workers}  inputs: {inputs}{where}")
     click.echo(f"{config}: ok")
 
 
