@@ -1,8 +1,9 @@
 """Start the workers of a topology, watch them, restart crashed ones, and summarise.
 
 ``ProcessLauncher`` runs each worker in its own OS process (production); ``ThreadLauncher``
-runs the same ``run_worker`` in threads (fast tests). They differ only in how a worker starts
-and stops.
+runs the same ``run_worker`` in threads (fast tests); ``ray_launcher.RayLauncher`` runs it in
+Ray actors on a cluster. They differ only in how a worker starts and stops, and in how its
+events reach the launcher (``open``, ``receive``, ``close``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class Launcher:
         self.stop_code = ExitCode.INTERRUPTED  # SIGTERM makes it TERMINATED
         self.control_endpoint = f"ipc://{topology.runtime_dir / 'control'}"
         self._pids: set[int] = set()  # of workers that ran, to clean up frame rings they left
+        self._ctx: zmq.Context | None = None
         self._control: zmq.Socket | None = None  # events from the workers, while running
 
     # --- how a worker starts and stops: overridden by the two launchers ----------
@@ -130,29 +132,54 @@ class Launcher:
         """Run-wide settings for one start of a worker."""
         return {**self.context, "restarts": worker.restarts, "state_dir": str(self.topology.runtime_dir)}
 
+    def exit_reason(self, worker: Worker, code: int) -> str:
+        """How a crashed worker ended, for the log."""
+        return f"exit {code}"
+
+    # --- where events come from: a ZeroMQ PULL socket here, Ray actor calls on a cluster ---
+    def open(self) -> None:
+        """Get ready to start workers: bind the control socket that their events come to."""
+        self.topology.runtime_dir.mkdir(parents=True, exist_ok=True)
+        self._ctx = zmq.Context()
+        self._control = self._ctx.socket(zmq.PULL)
+        self._control.setsockopt(zmq.LINGER, 0)
+        self._control.bind(self.control_endpoint)
+
+    def receive(self, timeout_ms: int) -> list[dict[str, Any]]:
+        """Events the workers sent, waiting up to ``timeout_ms`` for the first."""
+        events: list[dict[str, Any]] = []
+        if self._control is None or not self._control.poll(timeout_ms):
+            return events
+        while True:
+            try:
+                events.append(msgpack.unpackb(self._control.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                return events
+
+    def close(self) -> None:
+        """After the last worker stopped: close the control socket, remove frame rings left behind."""
+        if self._control is not None:
+            self._control.close(linger=0)
+            self._ctx.term()
+            self._control = None
+        remove_rings(self._pids)
+
     # --- supervision -------------------------------------------------------------
     def run(self) -> RunResult:
         """Start every local worker, supervise, and return when all have ended."""
-        self.topology.runtime_dir.mkdir(parents=True, exist_ok=True)
-        ctx = zmq.Context()
-        control = ctx.socket(zmq.PULL)
-        control.setsockopt(zmq.LINGER, 0)
-        control.bind(self.control_endpoint)
-        self._control = control
-        workers = [Worker(plan) for plan in self.plans]  # consumers first
         result = RunResult(code=ExitCode.OK, stages={}, started=time.time())
+        workers: list[Worker] = []
         try:
+            self.open()
+            workers = [Worker(plan) for plan in self.plans]  # consumers first
             for w in workers:
                 self.start_worker(w)
             log.info("started %d workers: %s", len(workers), ", ".join(w.label for w in workers))
-            result.code = self._supervise(workers, control, result)
+            result.code = self._supervise(workers, result)
         finally:
-            self._stop_all(workers)
-            self._drain(control, workers, result.events)
-            control.close(linger=0)
-            self._control = None
-            ctx.term()
-            remove_rings(self._pids)
+            self._stop_all(workers, result.events)
+            self._handle(self.receive(0), workers, result.events)
+            self.close()
         result.ended = time.time()
         result.snapshots = [s for w in workers for s in w.snapshots()]
         result.stages = summarise(result.snapshots)
@@ -161,10 +188,9 @@ class Launcher:
             result.code = ExitCode.FAILED
         return result
 
-    def _supervise(self, workers: list[Worker], control: zmq.Socket, result: RunResult) -> int:
+    def _supervise(self, workers: list[Worker], result: RunResult) -> int:
         while True:
-            if control.poll(200):
-                self._drain(control, workers, result.events)
+            self._handle(self.receive(200), workers, result.events)
             fatal = next((w for w in workers if w.fatal), None)
             if fatal:
                 log.error("stopping: %s failed: %s", fatal.label, fatal.fatal)
@@ -196,7 +222,7 @@ class Launcher:
         if w.restarts >= self.max_restarts:
             return False
         w.restart()
-        log.warning("%s crashed (exit %s); restarting (%d/%d)", w.label, code, w.restarts, self.max_restarts)
+        log.warning("%s crashed (%s); restarting (%d/%d)", w.label, self.exit_reason(w, code), w.restarts, self.max_restarts)
         events.append({"event": "restart", "stage": w.stage, "worker": w.index, "exit": code})
         self.start_worker(w)
         return True
@@ -223,16 +249,11 @@ class Launcher:
 
     def _drain_pending(self, workers: list[Worker], events: list) -> None:
         """Read what a worker sent before it ended (its last figures, a fatal error)."""
-        if self._control is not None:
-            self._drain(self._control, workers, events)
+        self._handle(self.receive(0), workers, events)
 
-    def _drain(self, control: zmq.Socket, workers: list[Worker], events: list) -> None:
+    def _handle(self, received: list[dict[str, Any]], workers: list[Worker], events: list) -> None:
         by_key = {(w.stage, w.index): w for w in workers}
-        while True:
-            try:
-                event = msgpack.unpackb(control.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                return
+        for event in received:
             w = by_key.get((event.get("stage"), event.get("worker")))
             kind = event.get("event")
             if kind == "started":
@@ -249,13 +270,13 @@ class Launcher:
             if self.on_event:
                 self.on_event(event)
 
-    def _stop_all(self, workers: list[Worker]) -> None:
+    def _stop_all(self, workers: list[Worker], events: list) -> None:
         running = [w for w in workers if w.handle is not None and self.exit_code(w) is None]
         for w in running:
             self.terminate(w)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while any(self.exit_code(w) is None for w in running) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            self._handle(self.receive(50), workers, events)  # their last figures, while they stop
         for w in running:
             if self.exit_code(w) is None:
                 log.error("%s did not stop within %.0fs: killing it", w.label, STOP_TIMEOUT_S)

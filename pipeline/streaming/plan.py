@@ -8,7 +8,7 @@ whether to reorder. It is small and picklable, so it is what a launcher hands a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +16,15 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.streaming.keys import CurveClient, CurveServer, key_pair, public_key
 from pipeline.streaming.stage import IMAGE, Params, Stage
-from pipeline.streaming.topology import Topology, worker_id
+from pipeline.streaming.topology import InputConfig, Topology, worker_id
 
 REORDER_CAPACITY = 128
 REORDER_WAIT_S = 10.0  # lossless links lose a frame only with a crashed worker: worth waiting for
 REORDER_WAIT_LEAKY_S = 0.25  # leaky links drop frames on purpose: skip gaps quickly
+
+# Stage name -> one endpoint per worker, found at start instead of read from the file (the Ray
+# launcher learns each worker's node only once Ray has placed it). A worker binds its own.
+Endpoints = Mapping[str, Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,9 @@ class WorkerPlan:
         return worker_id(self.stage, self.worker)
 
 
-def compile_plan(topology: Topology, name: str, worker: int, local: frozenset[str] | None = None) -> WorkerPlan:
+def compile_plan(
+    topology: Topology, name: str, worker: int, local: frozenset[str] | None = None, endpoints: Endpoints | None = None
+) -> WorkerPlan:
     """The plan of worker ``worker`` of stage ``name``.
 
     Args:
@@ -104,11 +110,12 @@ def compile_plan(topology: Topology, name: str, worker: int, local: frozenset[st
         name: the stage.
         worker: which of its workers.
         local: the stages this run starts (None: all); the others run on other hosts.
+        endpoints: endpoints resolved at start (the Ray launcher), replacing those of the file.
 
     Raises:
         ConfigError: a key file this worker needs is missing or unsafe (named with its place).
     """
-    cls, config = topology.classes[name], topology.stages[name]
+    cls, config, endpoints = topology.classes[name], topology.stages[name], endpoints or {}
     return WorkerPlan(
         pipeline=topology.name,
         stage=name,
@@ -116,14 +123,14 @@ def compile_plan(topology: Topology, name: str, worker: int, local: frozenset[st
         workers=config.workers,
         stage_cls=cls,
         params=topology.params[name],
-        input=None if cls.is_source else _input_plan(topology, name, worker),
+        input=None if cls.is_source else _input_plan(topology, name, worker, endpoints),
         outputs=tuple(
             OutputPlan(
                 consumer=consumer.name,
-                endpoints=tuple(topology.endpoints(consumer.name)),
+                endpoints=tuple(endpoints.get(consumer.name) or topology.endpoints(consumer.name)),
                 policy=link.policy,
                 hwm=link.hwm,
-                codec=topology.codec(consumer.name, link),
+                codec=_codec(topology, consumer.name, link, endpoints),
                 image=topology.needs_image[consumer.name],
                 local=local is None or consumer.name in local,
                 curve=_client_keys(topology, name, consumer.name),
@@ -139,15 +146,22 @@ def compile_plan(topology: Topology, name: str, worker: int, local: frozenset[st
     )
 
 
-def _input_plan(topology: Topology, name: str, worker: int) -> InputPlan:
+def _codec(topology: Topology, consumer: str, link: InputConfig, endpoints: Endpoints) -> str:
+    """How images travel on ``link``; ``auto`` over resolved endpoints: shm only if every one is ipc://."""
+    if consumer not in endpoints or link.codec != "auto":
+        return topology.codec(consumer, link)
+    return "shm" if all(e.startswith("ipc://") for e in endpoints[consumer]) else "raw"
+
+
+def _input_plan(topology: Topology, name: str, worker: int, endpoints: Endpoints) -> InputPlan:
     links = topology.stages[name].inputs
     leaky = any(link.policy == "drop-oldest" for link in links)
     reorder = topology.classes[name].ordered_input and topology.out_of_order[name]
     return InputPlan(
-        bind=topology.bind_endpoints(name)[worker],
+        bind=endpoints[name][worker] if name in endpoints else topology.bind_endpoints(name)[worker],
         hwm=max(link.hwm for link in links),
         leaky=leaky,
-        shm=any(topology.codec(name, link) == "shm" for link in links),
+        shm=any(_codec(topology, name, link, endpoints) == "shm" for link in links),
         reorder_wait_s=(REORDER_WAIT_LEAKY_S if leaky else REORDER_WAIT_S) if reorder else None,
         curve=_server_keys(topology, name),
     )
@@ -187,14 +201,15 @@ def _placed(topology: Topology, name: str) -> Iterator[None]:
         raise ConfigError(f"{topology.where(name)}: {exc}") from None
 
 
-def compile_plans(topology: Topology, only: list[str] | None = None) -> list[WorkerPlan]:
+def compile_plans(topology: Topology, only: list[str] | None = None, endpoints: Endpoints | None = None) -> list[WorkerPlan]:
     """Plans of every worker of the stages in ``only`` (default: all), consumers first.
 
     Consumers start first so that their endpoints are bound when producers start sending.
+    ``endpoints`` replace those of the file for the stages it names (see ``Endpoints``).
     """
     local = None if only is None else frozenset(only)
     return [
-        compile_plan(topology, name, i, local)
+        compile_plan(topology, name, i, local, endpoints)
         for name in reversed(topology.order)
         if only is None or name in only
         for i in range(topology.stages[name].workers)

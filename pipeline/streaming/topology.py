@@ -22,6 +22,8 @@ from pipeline.streaming.keys import HOST_PATTERN, is_loopback
 from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
 
 Policy = Literal["block", "drop-oldest"]
+# A Ray custom resource name, or a node label key=value (Ray's label syntax is Kubernetes').
+_PLACEMENT = r"[A-Za-z][A-Za-z0-9_.-]{0,62}|([a-z0-9.-]{1,253}/)?[A-Za-z0-9_.-]{1,63}=[A-Za-z0-9_.-]{0,63}"
 
 
 class InputConfig(BaseModel):
@@ -58,6 +60,25 @@ class StageConfig(BaseModel):
     keys: str | None = Field(None, description="key directory for the tcp:// links into this stage (default: the pipeline's)")
     insecure: bool = Field(False, description="accept unauthenticated, unencrypted tcp:// peers from other machines")
     params: dict[str, Any] = Field(default_factory=dict)
+    # Read by the Ray launcher only (``--launcher ray``); the process launcher runs every stage here.
+    placement: list[str] = Field(
+        default_factory=list,
+        description="Ray: what a node must have to run this stage: a custom resource (camera) or a label (zone=lab)",
+    )
+    cpus: float | None = Field(None, gt=0, le=64, description="Ray: CPUs each worker reserves (default 0.25)")
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _placement_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("placement")
+    @classmethod
+    def _placement_form(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(_PLACEMENT, item):
+                raise ValueError(f"must be a resource name (camera) or a label key=value (zone=lab), got {item!r}")
+        return value
 
     @field_validator("inputs", mode="before")
     @classmethod

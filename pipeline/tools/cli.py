@@ -154,10 +154,45 @@ class _EventSink:
 @click.option(
     "--max-restarts", default=3, show_default=True, type=click.IntRange(0, 100), help="restarts allowed per crashed worker"
 )
+@click.option(
+    "--launcher",
+    "launcher_kind",
+    type=click.Choice(["process", "ray"]),
+    default="process",
+    show_default=True,
+    help="process: one process per worker on this machine; ray: one Ray actor per worker on a Ray cluster",
+)
+@click.option(
+    "--address",
+    default="auto",
+    show_default=True,
+    help="with --launcher ray: the cluster (auto, HOST:PORT, or ray://HOST:10001 for Ray Client)",
+)
+@click.option(
+    "--ray-strategy",
+    type=click.Choice(["spread", "pack"]),
+    default="spread",
+    show_default=True,
+    help="with --launcher ray: spread workers that no `placement` pins over the nodes, or pack them on few",
+)
 @click.option("-v", "--verbose", is_flag=True)
-def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_port, max_restarts, verbose):
+def run(
+    config,
+    source,
+    out_dir,
+    overrides,
+    only,
+    runtime_dir,
+    stats,
+    metrics_port,
+    max_restarts,
+    launcher_kind,
+    address,
+    ray_strategy,
+    verbose,
+):
     """Run the pipeline described by CONFIG until its sources end (or Ctrl-C)."""
-    from pipeline.streaming.launcher import ProcessLauncher, install_signal_handlers
+    from pipeline.streaming.launcher import install_signal_handlers
     from pipeline.streaming.metrics import format_table
     from pipeline.streaming.topology import load_topology
 
@@ -180,24 +215,38 @@ def run(config, source, out_dir, overrides, only, runtime_dir, stats, metrics_po
             collector = serve(metrics_port)
         launch = _launch_record(topology)
         log.info("run %s", launch["id"])
-        launcher = ProcessLauncher(
-            topology,
-            {"out": str(Path(out_dir).resolve()), "log_level": level, "log_format": LOG_FORMAT, "launch": launch},
-            only=names,
-            max_restarts=max_restarts,
-            on_event=_EventSink(stats, collector),
-        )
+        context = {"out": str(Path(out_dir).resolve()), "log_level": level, "log_format": LOG_FORMAT, "launch": launch}
+        on_event = _EventSink(stats, collector)
+        if launcher_kind == "ray":
+            launcher = _ray_launcher(topology, context, names, address, ray_strategy.upper(), max_restarts, on_event)
+        else:
+            from pipeline.streaming.launcher import ProcessLauncher
+
+            launcher = ProcessLauncher(topology, context, only=names, max_restarts=max_restarts, on_event=on_event)
         install_signal_handlers(launcher)
         result = launcher.run()
     finally:
         if own_runtime:
             shutil.rmtree(runtime, ignore_errors=True)
     seconds = result.ended - result.started
-    click.echo(f"\n{topology.name}: run {launch['id']} finished in {seconds:.1f}s with exit code {result.code}")
+    firsts = [row["first_ts"] for row in result.stages.values() if row.get("first_ts")]
+    first = f"; first frame out after {min(firsts) - result.started:.1f}s" if firsts else ""
+    click.echo(f"\n{topology.name}: run {launch['id']} finished in {seconds:.1f}s with exit code {result.code}{first}")
     click.echo(format_table(result.stages))
     for line in result.lost:
         click.echo(f"lost: {line}", err=True)
     sys.exit(result.code)
+
+
+def _ray_launcher(topology, context, only, address, strategy, max_restarts, on_event):
+    """The Ray launcher, if Ray is installed (it is an optional extra)."""
+    if only:
+        raise PipelineError("--stages: not with --launcher ray, which places every stage of the file on the cluster")
+    try:
+        from pipeline.streaming.ray_launcher import RayLauncher
+    except ImportError as exc:
+        raise PipelineError(f"--launcher ray needs Ray ({exc}): pip install -e '.[cluster]'") from None
+    return RayLauncher(topology, context, address, strategy, max_restarts, on_event)
 
 
 @main.command()
@@ -212,7 +261,8 @@ def validate(config, overrides, source):
     for name in topology.order:
         stage = topology.stages[name]
         inputs = ", ".join(link.source for link in stage.inputs) or "-"
-        click.echo(f"{name:<12} {stage.type:<10} workers={stage.workers}  inputs: {inputs}")
+        where = f"  placement: {', '.join(stage.placement)}" if stage.placement else ""  # read by --launcher ray
+        click.echo(f"{name:<12} {stage.type:<10} workers={stage.workers}  inputs: {inputs}{where}")
     click.echo(f"{config}: ok")
 
 

@@ -1,5 +1,7 @@
 """The command line: errors are one line naming the place, with a named exit code, before anything starts."""
 
+import sys
+
 import pytest
 from click.testing import CliRunner
 
@@ -67,3 +69,18 @@ def test_a_run_without_its_key_files_fails_before_any_worker_starts(tmp_path):
     assert result.exit_code == ExitCode.CONFIG
     assert "stages[1] (detect): " in result.output and "camera.key_secret: no such key file" in result.output
     assert "started" not in result.output
+
+
+def test_the_ray_launcher_places_every_stage_so_stages_is_refused(tmp_path):
+    args = ["run", str(ROOT / "configs" / "ray.yaml"), "--launcher", "ray", "--stages", "capture", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == ExitCode.CONFIG
+    assert "--stages: not with --launcher ray" in result.output
+
+
+def test_the_ray_launcher_without_ray_says_which_extra_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where the extra is not installed
+    monkeypatch.delitem(sys.modules, "pipeline.streaming.ray_launcher", raising=False)
+    result = CliRunner().invoke(main, ["run", str(ROOT / "configs" / "ray.yaml"), "--launcher", "ray", "--out", str(tmp_path)])
+    assert result.exit_code == ExitCode.CONFIG
+    assert "--launcher ray needs Ray" in result.output and "pip install -e '.[cluster]'" in result.output

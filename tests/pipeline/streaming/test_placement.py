@@ -1,0 +1,129 @@
+"""Placement on a cluster, without Ray: what a stage asks of a node, refusals by stage name,
+and endpoints resolved from where the workers landed (ipc:// on one node, tcp:// across)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.streaming.placement import (
+    DEFAULT_CPUS,
+    RESOURCE_SHARE,
+    Site,
+    check_placement,
+    check_shm_links,
+    resolve_endpoints,
+    stage_needs,
+    wanted_port,
+)
+from pipeline.streaming.plan import compile_plans
+from pipeline.streaming.topology import load_topology, worker_id
+
+CAMERA = {"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 2.0, "camera": 1.0},
+          "Labels": {"role": "camera", "ray.io/node-id": "a"}}  # fmt: skip
+COMPUTE = {"Alive": True, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 2.0}, "Labels": {"role": "compute"}}
+
+
+def topology(tmp_path, **changes):
+    """capture -> detect (2 workers) -> log, with ``changes`` per stage name."""
+    stages = [
+        {"name": "capture", "type": "capture", "params": {"source": "0"}, "placement": "camera"},
+        {"name": "detect", "type": "detect", "inputs": ["capture"], "workers": 2, "cpus": 0.5},
+        {"name": "log", "type": "log", "inputs": ["detect"], "placement": ["role=compute"]},
+    ]
+    for stage in stages:
+        stage.update(changes.get(stage["name"], {}))
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "t", "stages": stages}))
+    return load_topology(tmp_path / "t.yaml", tmp_path / "rt")
+
+
+def sites(**nodes: str) -> dict[str, Site]:
+    """Worker id -> a site on node ``a`` or ``b`` (ports 7000 + position)."""
+    ips = {"a": "10.0.0.1", "b": "10.0.0.2"}
+    return {wid.replace("_", ":"): Site(n, ips[n], 7000 + i, f"/tmp/run-{n}") for i, (wid, n) in enumerate(nodes.items())}
+
+
+def test_a_stage_asks_for_its_cpus_a_share_of_its_resources_and_its_labels(tmp_path):
+    topo = topology(tmp_path)
+    assert stage_needs(topo.stages["capture"]) == ({"CPU": DEFAULT_CPUS, "camera": RESOURCE_SHARE}, {})
+    assert stage_needs(topo.stages["detect"]) == ({"CPU": 0.5}, {})
+    assert stage_needs(topo.stages["log"]) == ({"CPU": DEFAULT_CPUS}, {"role": "compute"})
+
+
+def test_placements_some_node_satisfies_pass(tmp_path):
+    check_placement(topology(tmp_path), [CAMERA, COMPUTE])
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"log": {"placement": "gpu"}}, "stages[2] (log).placement: no node of the Ray cluster has resource 'gpu' and 0.25 CPU"),
+        ({"log": {"placement": "role=storage"}}, "stages[2] (log).placement: no node of the Ray cluster has label role=storage"),
+        ({"detect": {"cpus": 4}}, "stages[1] (detect).placement: no node of the Ray cluster has 4 CPU"),
+    ],
+)
+def test_a_placement_no_node_satisfies_names_the_stage_and_lists_the_nodes(tmp_path, change, expected):
+    with pytest.raises(ConfigError) as err:
+        check_placement(topology(tmp_path, **change), [CAMERA, COMPUTE])
+    assert str(err.value).startswith(expected)
+    assert "10.0.0.1 {'CPU': 2.0, 'camera': 1.0} labels {'role': 'camera'}" in str(err.value)
+
+
+def test_a_dead_node_does_not_count(tmp_path):
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(capture\).placement: .*resource 'camera'"):
+        check_placement(topology(tmp_path), [{**CAMERA, "Alive": False}, COMPUTE])
+
+
+@pytest.mark.parametrize("bad", ["", "1camera", "zone=a b", "a=b=c"])
+def test_a_malformed_placement_is_refused_with_its_place_in_the_file(tmp_path, bad):
+    with pytest.raises(ConfigError, match=r"stages\[2\] \(log\)\.placement: must be a resource name"):
+        topology(tmp_path, log={"placement": bad})
+
+
+def test_workers_fed_only_from_their_own_node_get_ipc_and_the_others_tcp(tmp_path):
+    topo = topology(tmp_path, detect={"insecure": True}, log={"insecure": True})
+    placed = sites(capture_0="a", detect_0="a", detect_1="b", log_0="b")
+    endpoints = resolve_endpoints(topo, placed)
+    assert endpoints["detect"] == ["ipc:///tmp/run-a/detect-0", "tcp://10.0.0.2:7002"]
+    assert endpoints["log"] == ["tcp://10.0.0.2:7003"]  # one producer on each node: tcp for both
+    assert "capture" not in endpoints
+    plans = {p.id: p for p in compile_plans(topo, None, endpoints)}
+    capture_out = plans["capture:0"].outputs[0]
+    assert capture_out.endpoints == ("ipc:///tmp/run-a/detect-0", "tcp://10.0.0.2:7002")
+    assert capture_out.codec == "raw"  # not every worker of detect can map this node's memory
+    assert plans["detect:1"].input.bind == "tcp://10.0.0.2:7002" and not plans["detect:1"].input.shm
+
+
+def test_a_pipeline_on_one_node_keeps_shared_memory(tmp_path):
+    topo = topology(tmp_path)
+    endpoints = resolve_endpoints(topo, sites(capture_0="a", detect_0="a", detect_1="a", log_0="a"))
+    plans = {p.id: p for p in compile_plans(topo, None, endpoints)}
+    assert plans["capture:0"].outputs[0].codec == "shm"
+    assert plans["log:0"].input.bind == "ipc:///tmp/run-a/log-0" and plans["log:0"].input.shm
+
+
+def test_a_shm_link_across_nodes_is_refused(tmp_path):
+    topo = topology(tmp_path, detect={"inputs": [{"from": "capture", "codec": "shm"}], "insecure": True})
+    endpoints = resolve_endpoints(topo, sites(capture_0="a", detect_0="b", detect_1="b", log_0="b"))
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(detect\).inputs\[0\].codec: shm needs capture and detect on one node"):
+        check_shm_links(topo, endpoints)
+
+
+def test_a_port_in_the_file_is_kept_and_its_host_ignored(tmp_path):
+    topo = topology(tmp_path, detect={"endpoint": "tcp://camera-host:6000", "insecure": True})
+    assert [wanted_port(topo.stages["detect"], i) for i in (0, 1)] == [6000, 6001]
+    assert wanted_port(topo.stages["log"], 0) == 0  # any free port
+
+
+def test_a_link_between_ray_nodes_without_insecure_is_refused_naming_the_stage(tmp_path):
+    topo = topology(tmp_path)
+    nodes = {name: ("a" if name == "capture" else "b") for name in topo.stages}
+    sites = {
+        worker_id(name, i): Site(node_id=nodes[name], ip="10.0.0.1" if nodes[name] == "a" else "10.0.0.2", port=7000 + i,
+                                 runtime=str(tmp_path))
+        for name, stage in topo.stages.items()
+        for i in range(stage.workers)
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match=r"\(detect\): placed on another node .* not encrypted yet; say insecure: true"):
+        resolve_endpoints(topo, sites)
