@@ -59,6 +59,9 @@ class InputPlan:
         shm: some link into it carries images in shared memory.
         reorder_wait_s: with a reorder buffer, how long a gap is waited for; None: no buffer.
         curve: this host's keys and the client keys it accepts, on a secured tcp:// endpoint.
+        producers: the stages that feed it, for logs.
+        remote: some of them run in another run (``--stages``, most likely on another host):
+            their connections coming and going are logged.
     """
 
     bind: str
@@ -67,6 +70,8 @@ class InputPlan:
     shm: bool
     reorder_wait_s: float | None
     curve: CurveServer | None = None
+    producers: tuple[str, ...] = ()
+    remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ def compile_plan(topology: Topology, name: str, worker: int, local: frozenset[st
         workers=config.workers,
         stage_cls=cls,
         params=topology.params[name],
-        input=None if cls.is_source else _input_plan(topology, name, worker),
+        input=None if cls.is_source else _input_plan(topology, name, worker, local),
         outputs=tuple(
             OutputPlan(
                 consumer=consumer.name,
@@ -139,7 +144,7 @@ def compile_plan(topology: Topology, name: str, worker: int, local: frozenset[st
     )
 
 
-def _input_plan(topology: Topology, name: str, worker: int) -> InputPlan:
+def _input_plan(topology: Topology, name: str, worker: int, local: frozenset[str] | None) -> InputPlan:
     links = topology.stages[name].inputs
     leaky = any(link.policy == "drop-oldest" for link in links)
     reorder = topology.classes[name].ordered_input and topology.out_of_order[name]
@@ -150,6 +155,8 @@ def _input_plan(topology: Topology, name: str, worker: int) -> InputPlan:
         shm=any(topology.codec(name, link) == "shm" for link in links),
         reorder_wait_s=(REORDER_WAIT_LEAKY_S if leaky else REORDER_WAIT_S) if reorder else None,
         curve=_server_keys(topology, name),
+        producers=tuple(link.source for link in links),
+        remote=local is not None and any(link.source not in local for link in links),
     )
 
 
