@@ -33,7 +33,7 @@ class Outbound:
     """
 
     def __init__(self, ctx: zmq.Context, plans: tuple[OutputPlan, ...], stop: threading.Event, label: str):
-        self.links = [PushLink(ctx, plan, stop) for plan in plans]
+        self.links = [PushLink(ctx, plan, stop, label) for plan in plans]
         self.codecs = {id(link): link.plan.codec for link in self.links}  # shm falls back to raw without room
         self.stop, self.label = stop, label
         self.rings: list[FrameRing] = []  # this worker's ring (one more if the frame size grows)
@@ -41,7 +41,7 @@ class Outbound:
 
     def wait_until_connected(self) -> None:
         for link in self.links:
-            link.wait_until_connected(self.label)
+            link.wait_until_connected()
 
     def send(self, msg: Message) -> tuple[bool, int]:
         """Send a frame on every link; return (sent on at least one, links that dropped it).
@@ -57,7 +57,9 @@ class Outbound:
             handoff = next((k for k in reversed(self.links) if k.plan.image and self.codecs[id(k)] == "shm"), None)
         sent, dropped = False, 0
         for link in [k for k in self.links if k is not handoff] + ([handoff] if handoff else []):
-            if link is handoff:
+            if link.unreachable():  # no consumer connected (its host is gone): not worth encoding
+                ok = link.drop()
+            elif link is handoff:
                 ok = link.send(encode(msg, "shm", shared_ref=held.ref))
                 held.released = ok  # the consumer releases it now; if dropped, the caller still does
             elif link.plan.image and self.codecs[id(link)] == "shm" and msg.image is not None:

@@ -63,6 +63,9 @@ class InputPlan:
         shm: some link into it carries images in shared memory.
         reorder_wait_s: with a reorder buffer, how long a gap is waited for; None: no buffer.
         curve: this host's keys and the client keys it accepts, on a secured tcp:// endpoint.
+        producers: the stages that feed it, for logs.
+        remote: some of them run in another run (``--stages``, most likely on another host):
+            their connections coming and going are logged.
     """
 
     bind: str
@@ -71,6 +74,8 @@ class InputPlan:
     shm: bool
     reorder_wait_s: float | None
     curve: CurveServer | None = None
+    producers: tuple[str, ...] = ()
+    remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ def compile_plan(
         workers=config.workers,
         stage_cls=cls,
         params=topology.params[name],
-        input=None if cls.is_source else _input_plan(topology, name, worker, endpoints),
+        input=None if cls.is_source else _input_plan(topology, name, worker, endpoints, local),
         outputs=tuple(
             OutputPlan(
                 consumer=consumer.name,
@@ -153,7 +158,7 @@ def _codec(topology: Topology, consumer: str, link: InputConfig, endpoints: Endp
     return "shm" if all(e.startswith("ipc://") for e in endpoints[consumer]) else "raw"
 
 
-def _input_plan(topology: Topology, name: str, worker: int, endpoints: Endpoints) -> InputPlan:
+def _input_plan(topology: Topology, name: str, worker: int, endpoints: Endpoints, local: frozenset[str] | None) -> InputPlan:
     links = topology.stages[name].inputs
     leaky = any(link.policy == "drop-oldest" for link in links)
     reorder = topology.classes[name].ordered_input and topology.out_of_order[name]
@@ -164,6 +169,10 @@ def _input_plan(topology: Topology, name: str, worker: int, endpoints: Endpoints
         shm=any(_codec(topology, name, link, endpoints) == "shm" for link in links),
         reorder_wait_s=(REORDER_WAIT_LEAKY_S if leaky else REORDER_WAIT_S) if reorder else None,
         curve=_server_keys(topology, name),
+        producers=tuple(link.source for link in links),
+        # Producers on another host: started elsewhere with --stages, or placed on another Ray node.
+        remote=(local is not None and any(link.source not in local for link in links))
+        or (name in endpoints and endpoints[name][worker].startswith("tcp://")),
     )
 
 

@@ -43,6 +43,9 @@ PEER_TIMEOUT_S = 60.0  # how long a consumer may be gone (a crashed worker being
 FINISH_TIMEOUT_S = 600.0  # how long a producer waits for connected consumers to take its last frames
 WAIT_FIRST_LOG_S = 3.0  # a consumer that has not bound by then is probably not started anywhere
 WAIT_LOG_EVERY_S = 5.0
+STALL_LOG_S = 10.0  # a link to another host that is connected but carries no frame this long is told about
+CONNECT_TIMEOUT_MS = 2000  # a tcp:// connection attempt that gets no answer is given up and retried after this
+LEAKY_DEAD_S = 5  # a leaky tcp:// link whose peer answers nothing for this long is closed (and reconnected)
 MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + 2 * MAX_BUFFER_BYTES  # ZMQ_MAXMSGSIZE: bigger ones are refused unread
 ZAP_DOMAIN = "emotion-pipeline"
 MAX_REFUSED_LOGGED = 100  # unknown keys logged once each, up to this many (a flood must not fill the log)
@@ -75,6 +78,32 @@ def _secure_server(sock: zmq.Socket, curve: CurveServer) -> None:
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
+def _tune_tcp(sock: zmq.Socket, endpoint: str, leaky: bool) -> None:
+    """Socket options for a link between machines: how soon a lost host or link is noticed.
+
+    A connection attempt to a host that is off, or behind a link that is down, gets no answer;
+    the OS would resend its SYN for two minutes with gaps growing to 32 s, so a host back up could
+    wait that long for us: ``CONNECT_TIMEOUT_MS`` gives up sooner and ZeroMQ tries again.
+
+    A leaky link also notices a dead peer within ``LEAKY_DEAD_S``: keepalive probes on the side
+    that only receives (the consumer), a bound on unacknowledged data on the side that sends
+    (``TCP_MAXRT``, which is ``TCP_USER_TIMEOUT`` on Linux). The connection is then closed, both
+    sides log it, and ZeroMQ reconnects when the link is back; the frames in flight are lost, as
+    a leaky link allows. A block link keeps TCP's own patience (retransmissions for ~15 min): a
+    link that comes back then delivers everything, and a slow consumer (its window closed for
+    long) is never cut off.
+    """
+    if not endpoint.startswith("tcp://"):
+        return
+    sock.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)
+    if leaky:
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)  # seconds of silence before the first probe
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, LEAKY_DEAD_S - 2)
+        sock.setsockopt(zmq.TCP_MAXRT, LEAKY_DEAD_S * 1000)
+
+
 class _KnownClients:
     """The authenticator's check: a client key is accepted only if the plan lists it."""
 
@@ -105,11 +134,17 @@ def _start_authenticator(ctx: zmq.Context, curve: CurveServer, label: str) -> Th
 
 
 class PushLink:
-    """One link to a consumer stage: a PUSH socket per consumer worker, and its send policy."""
+    """One link to a consumer stage: a PUSH socket per consumer worker, and its send policy.
 
-    def __init__(self, ctx: zmq.Context, plan: OutputPlan, stop: threading.Event):
-        self.plan = plan
-        self.stop = stop
+    Args:
+        ctx: the worker's ZeroMQ context.
+        plan: the link.
+        stop: set when the worker must stop (a waiting send gives up).
+        label: the worker's name, for logs.
+    """
+
+    def __init__(self, ctx: zmq.Context, plan: OutputPlan, stop: threading.Event, label: str = ""):
+        self.plan, self.stop, self.label = plan, stop, label
         self.sockets: list[zmq.Socket] = []
         # Connection events tell when consumer workers are ready (they bind only then) and when
         # they hang up. The monitor is attached before connecting, so no event is missed.
@@ -119,6 +154,7 @@ class PushLink:
             sock.setsockopt(zmq.SNDHWM, plan.hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to workers that are connected
+            _tune_tcp(sock, endpoint, plan.policy == "drop-oldest")
             if plan.curve is not None:
                 _secure_client(sock, plan.curve)
             self._monitors.append(sock.get_monitor_socket(_LINK_EVENTS))
@@ -128,17 +164,25 @@ class PushLink:
         self._poller = zmq.Poller()
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLOUT)
-        self._connected = [False] * len(self.sockets)
-        self._failed: list[int | None] = [None] * len(self.sockets)  # the last handshake failure per socket
+        n = len(self.sockets)
+        self._connected = [False] * n
+        self._failed: list[int | None] = [None] * n  # the last handshake failure per socket
+        self._lost: list[tuple[float, int] | None] = [None] * n  # (when, self.dropped then) for a worker that hung up
+        self.dropped = 0  # frames this link dropped (drop-oldest)
+        self._ending = False  # after end-of-stream, consumers hang up on purpose
+        self._watched = 0.0  # when connection events were last read
 
     def send(self, frames: list) -> bool:
         """Send to the next worker with room. Returns False if the frame was dropped.
 
-        A full queue of a connected consumer is waited for as long as it takes (``block``), but
-        no consumer worker connected for ``PEER_TIMEOUT_S`` raises ``LinkError``.
+        ``block``: a full queue of a connected consumer is waited for as long as it takes (told
+        after ``STALL_LOG_S``), but no consumer worker connected for ``PEER_TIMEOUT_S`` raises
+        ``LinkError``. ``drop-oldest`` never waits: with every queue full, or no consumer worker
+        connected at all (its host gone), the frame is dropped and counted, however long that lasts.
         """
+        self._watch()
         n = len(self.sockets)
-        gone_since = None
+        gone_since, waiting_since, stalled = None, time.monotonic(), False
         while not self.stop.is_set():
             for k in range(n):
                 i = (self._next + k) % n
@@ -147,19 +191,47 @@ class PushLink:
                 except zmq.Again:
                     continue
                 self._next = (i + 1) % n
+                if stalled:
+                    log.info("%s: %s takes frames again after %.1f s", self.label, self.plan.consumer, self._since(waiting_since))
                 return True
             if self.plan.policy == "drop-oldest":
-                return False  # every queue is full: the consumer keeps the frames it has
+                return self.drop()  # every queue is full: the consumer keeps the frames it has
             self._poller.poll(POLL_MS)
             gone_since = None if any(self._update_connections()) else gone_since or time.monotonic()
-            if gone_since and time.monotonic() - gone_since > PEER_TIMEOUT_S:
-                raise LinkError(f"no worker of {self.plan.consumer} connected at {', '.join(self.plan.endpoints)} "
-                                f"for {PEER_TIMEOUT_S:.0f} s")  # fmt: skip
+            if gone_since:  # told by _update_connections; a wait for a connected consumer starts again
+                waiting_since = time.monotonic()
+                if self._since(gone_since) > PEER_TIMEOUT_S:
+                    raise LinkError(f"no worker of {self.plan.consumer} connected at {', '.join(self.plan.endpoints)} "
+                                    f"for {PEER_TIMEOUT_S:.0f} s")  # fmt: skip
+            elif not stalled and not self.plan.local and self._since(waiting_since) > STALL_LOG_S:
+                stalled = True
+                log.warning("%s: %s at %s has taken no frame for %.0f s though connected (busy, or the link is down); "
+                            "waiting", self.label, self.plan.consumer, ", ".join(self.plan.endpoints), STALL_LOG_S)  # fmt: skip
         return False
+
+    def unreachable(self) -> bool:
+        """True on a drop-oldest link with no consumer worker connected: a frame would only be dropped.
+
+        Lets the caller skip encoding frames that nobody will take (a camera host during an outage).
+        """
+        if self.plan.policy != "drop-oldest":
+            return False
+        self._watch()
+        return not any(self._connected)
+
+    def drop(self) -> bool:
+        """Count a frame dropped on this link; returns False (not sent)."""
+        self.dropped += 1
+        return False
+
+    @staticmethod
+    def _since(t: float) -> float:
+        return time.monotonic() - t
 
     def broadcast(self, frames: list) -> None:
         """Send to every worker (end-of-stream): behind a slow but connected consumer's queue for
         as long as it takes, to a missing one (a crashed worker being restarted) for ``PEER_TIMEOUT_S``."""
+        self._ending = True
         for i, sock in enumerate(self.sockets):
             gone_since = None
             while True:
@@ -173,12 +245,13 @@ class PushLink:
                         break
                     sock.poll(POLL_MS, zmq.POLLOUT)
 
-    def wait_until_connected(self, label: str) -> None:
+    def wait_until_connected(self, label: str | None = None) -> None:
         """Block until every consumer worker has connected (or ``stop``), logging while it waits.
 
         Consumers bind only once they are ready (see ``run_worker``), so this is how readiness
         travels upstream: a source sends its first frame when the whole graph can take it.
         """
+        label = label or self.label
         next_log = time.monotonic() + WAIT_FIRST_LOG_S
         while not all(self._update_connections()) and not self.stop.is_set():
             zmq.select(self._monitors, [], [], POLL_MS / 1000)
@@ -217,14 +290,45 @@ class PushLink:
                 return
             zmq.select(self._monitors, [], [], POLL_MS / 1000)
 
+    def _watch(self) -> None:
+        """Read connection events every ``POLL_MS`` or so: a drop-oldest send never waits for them."""
+        if self._since(self._watched) >= POLL_MS / 1000:
+            self._watched = time.monotonic()
+            self._update_connections()
+
     def _update_connections(self) -> list[bool]:
         for i, monitor in enumerate(self._monitors):
             while monitor.poll(0):
                 event = recv_monitor_message(monitor)["event"]
+                was = self._connected[i]
                 self._connected[i] = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
                 if event in _HANDSHAKE_FAILED or self._connected[i]:
                     self._failed[i] = event if event in _HANDSHAKE_FAILED else None
+                if was != self._connected[i]:
+                    self._tell(i)
         return self._connected
+
+    def _tell(self, i: int) -> None:
+        """Log a consumer worker on another host that hung up mid-stream, and its return.
+
+        After end-of-stream, or once this worker is stopping (Ctrl-C, SIGTERM stop the consumers
+        too), a consumer hanging up is expected and not told.
+        """
+        if self.plan.local:  # started by this run: its launcher tells its crashes and restarts
+            return
+        where = f"{self.plan.consumer} at {self.plan.endpoints[i]}"
+        if not self._connected[i] and not self._ending and not self.stop.is_set():
+            self._lost[i] = (time.monotonic(), self.dropped)
+            if self.plan.policy == "drop-oldest":
+                meanwhile = "dropping its frames until it is back"
+            else:
+                meanwhile = f"holding frames for up to {PEER_TIMEOUT_S:.0f} s until it is back"
+            log.warning("%s: lost %s (the worker, its host or the link is gone); %s", self.label, where, meanwhile)
+        elif self._connected[i] and self._lost[i] is not None:
+            lost_at, dropped = self._lost[i]
+            self._lost[i] = None
+            log.info("%s: %s is back after %.1f s; %d frames dropped on this link meanwhile", self.label, where,
+                     self._since(lost_at), self.dropped - dropped)  # fmt: skip
 
     def close(self) -> None:
         for sock, monitor in zip(self.sockets, self._monitors):
@@ -243,6 +347,68 @@ def _handshake_problem(plan: OutputPlan, endpoint: str, event: int) -> str:
         f"the handshake with {plan.consumer} at {endpoint} failed: its host's key is not {server} (rotated?), "
         "or only one side uses keys (insecure: true on one host only?)"
     )
+
+
+class _Peers:
+    """The producers of an input fed from another run (host), as its monitor tells: one lost, one back.
+
+    Inputs fed by this run have none: the launcher tells their producers' crashes, and a stage
+    stalled by the link upstream of it would only echo what that link's own consumer says.
+    A connection refused at the handshake (an unknown key, a port scan) is no peer: it ends with
+    one HANDSHAKE_FAILED event and one DISCONNECTED, which are paired off and not logged. A
+    block link whose network is down stays connected (TCP waits for it); that shows as connected
+    producers sending nothing for ``STALL_LOG_S``, which is told too.
+    """
+
+    def __init__(self, sock: zmq.Socket, plan: InputPlan, label: str):
+        self.monitor = sock.get_monitor_socket(_LINK_EVENTS)  # before bind: no event is missed
+        self.label, self.where = label or plan.bind, plan.bind
+        self.producers = ", ".join(plan.producers) or "a producer"
+        self.connected = 0
+        self._refused = 0  # failed handshakes whose DISCONNECTED is still to come
+        self._lost_at: float | None = None
+        self._watched = 0.0
+        self._heard: float | None = None  # when the last message came (None: none yet)
+        self._silent = False  # a silence was told
+
+    def watch(self) -> None:
+        """Read the connection events every ``POLL_MS`` or so and log what changed."""
+        if time.monotonic() - self._watched < POLL_MS / 1000:
+            return
+        self._watched = time.monotonic()
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event in _HANDSHAKE_FAILED:
+                self._refused += 1
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected += 1
+                self._heard = self._heard and time.monotonic()  # a silence counts from the reconnection
+                if self._lost_at is not None:
+                    log.info("%s: %s connected again at %s after %.1f s", self.label, self.producers, self.where,
+                             time.monotonic() - self._lost_at)  # fmt: skip
+                    self._lost_at = None
+            elif self._refused:
+                self._refused -= 1
+            else:
+                self.connected = max(0, self.connected - 1)
+                self._lost_at = self._lost_at or time.monotonic()
+                log.warning("%s: lost the connection from %s at %s (its host stopped, or the link broke); "
+                            "%d still connected", self.label, self.producers, self.where, self.connected)  # fmt: skip
+
+    def heard(self, got: bool) -> None:
+        """Note whether a message came; tell a silence of connected producers, and its end."""
+        now = time.monotonic()
+        if got:
+            if self._silent:
+                log.info("%s: frames from %s again after %.1f s", self.label, self.producers, now - self._heard)
+            self._heard, self._silent = now, False
+        elif self._heard is not None and not self._silent and self.connected and now - self._heard > STALL_LOG_S:
+            self._silent = True
+            log.warning("%s: nothing from %s for %.0f s though connected (slow or stopped upstream, or the link is "
+                        "down)", self.label, self.producers, STALL_LOG_S)  # fmt: skip
+
+    def close(self) -> None:
+        self.monitor.close(linger=0)
 
 
 class PullInput:
@@ -271,6 +437,8 @@ class PullInput:
         self.sock.setsockopt(zmq.RCVHWM, plan.hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        _tune_tcp(self.sock, plan.bind, plan.leaky)
+        self.peers = _Peers(self.sock, plan, label) if plan.remote else None
         self.auth: ThreadAuthenticator | None = None
         try:
             if plan.curve is not None:
@@ -286,12 +454,17 @@ class PullInput:
 
     def next(self, timeout_ms: int) -> Message | None:
         """The next message to process, or None after ``timeout_ms`` without one."""
+        if self.peers is not None:
+            self.peers.watch()
         limit = None if self.plan.leaky else 1
         if self.plan.leaky or not self.pending:
             self._drain(limit)  # what has arrived already: a busy stage skips the poll
         if not self.pending and self.sock.poll(timeout_ms):
             self._drain(limit)
-        return self.pending.popleft() if self.pending else None
+        msg = self.pending.popleft() if self.pending else None
+        if self.peers is not None:
+            self.peers.heard(msg is not None)
+        return msg
 
     def _drain(self, limit: int | None = None) -> None:
         received = 0
@@ -320,6 +493,10 @@ class PullInput:
             self.on_dropped(dropped)
 
     def close(self) -> None:
+        if self.peers is not None:
+            self.sock.disable_monitor()
+            self.peers.close()
+            self.peers = None
         self.sock.close(linger=0)
         if self.auth is not None:
             self.auth.stop()

@@ -1,5 +1,6 @@
 import time
 
+from pipeline.streaming import reorder
 from pipeline.streaming.message import Message
 from pipeline.streaming.reorder import ReorderBuffer
 
@@ -53,3 +54,22 @@ def test_flush_releases_everything_held_in_order():
     for seq in [4, 2, 3]:
         buf.push(msg(seq))
     assert seqs(buf.flush("s")) == [2, 3, 4]
+
+
+def test_a_stream_joined_mid_way_starts_at_its_lowest_frame(monkeypatch):
+    monkeypatch.setattr(reorder, "START_WAIT_S", 0.05)
+    buf = ReorderBuffer(max_wait_s=10.0)  # lossless links: a gap is waited for long, a start is not
+    assert buf.push(msg(501))[0] == [] and buf.push(msg(502))[0] == []
+    assert buf.expired() == []
+    assert seqs(buf.push(msg(500))[0]) == []  # a lower frame within the start wait still counts
+    time.sleep(0.08)
+    assert seqs(buf.expired()) == [500, 501, 502]
+    assert buf.push(msg(499)) == ([], 1)  # after the start: late
+    assert seqs(buf.push(msg(503))[0]) == [503]
+
+
+def test_a_stream_whose_frame_0_arrives_starts_at_once():
+    buf = ReorderBuffer(max_wait_s=10.0)
+    assert seqs(buf.push(msg(0))[0]) == [0]
+    assert seqs(buf.push(msg(2))[0]) == []
+    assert seqs(buf.push(msg(1))[0]) == [1, 2]

@@ -254,3 +254,13 @@ def test_two_host_recipes_start_every_stage(model_dir, monkeypatch):
         for i in range(0, len(started), 2):
             halves = [set(s.split(",")) for s in started[i : i + 2]]
             assert halves[0] | halves[1] == stages and not halves[0] & halves[1], (doc.name, halves)
+
+
+def test_only_inputs_fed_from_another_run_watch_their_producers(tmp_path, model_dir):
+    from pipeline.streaming.plan import compile_plans
+
+    topology = load_topology(write(tmp_path, chain(model_dir)), tmp_path)
+    compute = {plan.stage: plan for plan in compile_plans(topology, ["segment", "classify", "log"])}
+    assert compute["segment"].input.remote and compute["segment"].input.producers == ("detect",)
+    assert not compute["classify"].input.remote and not compute["log"].input.remote
+    assert not any(plan.input and plan.input.remote for plan in compile_plans(topology))

@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import re
 import threading
 import time
 
@@ -179,3 +180,127 @@ def test_a_pipeline_with_keys_runs_over_curve_links(tmp_path, free_ports):
     result = launcher.run()
     assert result.code == 0
     assert logged_frames(tmp_path) == list(range(30))
+
+
+def plain_input(ctx, endpoint: str, leaky: bool = True) -> PullInput:
+    plan = InputPlan(endpoint, 4, leaky, False, None, producers=("detect",), remote=True)
+    return PullInput(ctx, plan, SharedFrames(), lambda e: None, lambda m: None, "segment")
+
+
+def plain_link(ctx, endpoint: str, stop: threading.Event, policy: str = "drop-oldest") -> PushLink:
+    plan = OutputPlan("segment", (endpoint,), policy, 4, "raw", True, local=False)
+    return PushLink(ctx, plan, stop, "detect")
+
+
+def sends(link: PushLink, seconds: float, inp: PullInput | None = None) -> list[bool]:
+    """Send for ``seconds`` (the consumer, if any, taking what arrives); what each send returned."""
+    results, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        results.append(link.send(FRAME))
+        if inp is not None:
+            received(inp, 0.01)
+        time.sleep(0.01)
+    return results
+
+
+def test_a_drop_oldest_producer_whose_consumer_is_gone_keeps_dropping_and_says_so(ctx, endpoint, monkeypatch, caplog):
+    monkeypatch.setattr(transport, "PEER_TIMEOUT_S", 0.2)  # far shorter than the outage: still no LinkError
+    stop = threading.Event()
+    detect, inp = plain_link(ctx, endpoint, stop), plain_input(ctx, endpoint)
+    try:
+        detect.wait_until_connected()
+        with caplog.at_level(logging.INFO):
+            assert all(sends(detect, 0.3, inp))
+            inp.close()  # the consumer's host is gone
+            gone = sends(detect, 1.0)
+            assert detect.unreachable()
+            inp = plain_input(ctx, endpoint)  # and back
+            back = sends(detect, 2.0, inp)
+            assert back[-1] and not detect.unreachable()
+    finally:
+        detect.close()
+        inp.close()
+    assert not any(gone[len(gone) // 2 :]) and detect.dropped >= len(gone) // 2
+    assert f"detect: lost segment at {endpoint} (the worker, its host or the link is gone); dropping its frames" in caplog.text
+    assert re.search(rf"detect: segment at {endpoint} is back after [\d.]+ s; \d+ frames dropped on this link", caplog.text)
+
+
+def test_a_block_producer_whose_consumer_is_gone_waits_for_it_and_says_so(ctx, endpoint, caplog):
+    stop = threading.Event()
+    detect, inp = plain_link(ctx, endpoint, stop, policy="block"), plain_input(ctx, endpoint, leaky=False)
+    try:
+        detect.wait_until_connected()
+        with caplog.at_level(logging.INFO):
+            assert detect.send(FRAME) and received(inp, 0.2)
+            inp.close()
+            # A frame sent in the instant between a peer's close and ZeroMQ noticing it goes down the
+            # dead pipe: a lost host is noticed long before the next frame, so let it be noticed here.
+            time.sleep(0.5)
+            back = threading.Timer(1.0, lambda: later.append(plain_input(ctx, endpoint, leaky=False)))
+            later: list[PullInput] = []
+            back.start()
+            started = time.monotonic()
+            assert detect.send(FRAME)  # waits for the consumer to come back, then delivers
+            waited = time.monotonic() - started
+            back.join()
+            assert [m.seq for m in received(later[0], 0.5)] == [7]
+            detect.wait_until_connected()  # reads the reconnection event if the send did not need to
+    finally:
+        detect.close()
+        for consumer in (inp, *later):
+            consumer.close()
+    assert waited >= 0.5
+    assert f"detect: lost segment at {endpoint} (the worker, its host or the link is gone); holding frames" in caplog.text
+    assert re.search(rf"detect: segment at {endpoint} is back after [\d.]+ s; 0 frames dropped", caplog.text)
+
+
+def test_a_consumer_says_when_a_producer_is_lost_and_back_but_not_for_a_refused_peer(ctx, endpoint, hosts, caplog):
+    server = hosts["compute"][0]
+    plan = InputPlan(endpoint, 4, False, False, None, CurveServer(*hosts["compute"], {hosts["camera"][0]: "camera"}),
+                     remote=True)  # fmt: skip
+    inp = PullInput(ctx, plan, SharedFrames(), lambda e: None, lambda m: None, "segment")
+    try:
+        with caplog.at_level(logging.INFO):
+            intrude(ctx, endpoint, hosts["intruder"], server, 0.5)
+            intrude(ctx, endpoint, None, server, 0.3)
+            received(inp, 0.3)
+            assert "lost the connection" not in caplog.text and inp.peers.connected == 0
+            for _ in range(2):  # connected, gone; connected again, gone
+                camera = link(ctx, endpoint, hosts["camera"], server, stop_after(5))
+                camera.wait_until_connected("detect")
+                received(inp, 0.3)
+                assert inp.peers.connected == 1
+                camera.close()
+                received(inp, 0.3)
+                assert inp.peers.connected == 0
+    finally:
+        inp.close()
+    assert caplog.text.count("segment: lost the connection from a producer at") == 2
+    assert re.search(rf"segment: a producer connected again at {endpoint} after [\d.]+ s", caplog.text)
+
+
+def test_connected_links_that_carry_nothing_for_a_while_are_told_on_both_sides(ctx, endpoint, monkeypatch, caplog):
+    monkeypatch.setattr(transport, "STALL_LOG_S", 0.5)
+    big = encode(Message(stream="capture", seq=8, ts=1.0, image=np.zeros((1000, 1000, 3), np.uint8)))
+    stop = threading.Event()
+    detect, inp = plain_link(ctx, endpoint, stop, policy="block"), plain_input(ctx, endpoint, leaky=False)
+    sender = threading.Thread(target=lambda: [detect.send(big) for _ in range(30)])
+    try:
+        detect.wait_until_connected()
+        with caplog.at_level(logging.INFO):
+            assert detect.send(FRAME) and received(inp, 0.3)
+            assert received(inp, 1.0) == []  # connected, and silent: the link is down, or detect's source
+            sender.start()  # segment takes nothing: queues and socket buffers fill, then detect waits
+            time.sleep(1.5)
+            assert sender.is_alive()
+            assert len(received(inp, 3.0)) == 30  # segment takes them all, late
+            sender.join(2.0)
+    finally:
+        stop.set()
+        sender.join(2.0)
+        detect.close()
+        inp.close()
+    assert "segment: nothing from detect for 0 s though connected" in caplog.text
+    assert re.search(r"segment: frames from detect again after [\d.]+ s", caplog.text)
+    assert f"detect: segment at {endpoint} has taken no frame for 0 s though connected" in caplog.text
+    assert re.search(r"detect: segment takes frames again after [\d.]+ s", caplog.text)
