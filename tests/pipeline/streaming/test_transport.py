@@ -304,3 +304,42 @@ def test_connected_links_that_carry_nothing_for_a_while_are_told_on_both_sides(c
     assert re.search(r"segment: frames from detect again after [\d.]+ s", caplog.text)
     assert f"detect: segment at {endpoint} has taken no frame for 0 s though connected" in caplog.text
     assert re.search(r"detect: segment takes frames again after [\d.]+ s", caplog.text)
+
+
+def _push_batch(ctx, endpoint: str, server: bytes, keys: list[tuple[bytes, bytes]]) -> list[zmq.Socket]:
+    """Connect one PUSH socket per key pair and push a forged frame and end-of-stream through each."""
+    batch = []
+    for public, secret in keys:
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server
+        sock.connect(endpoint)
+        for frames in (FRAME, EOS):
+            with contextlib.suppress(zmq.Again):
+                sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        batch.append(sock)
+    return batch
+
+
+@pytest.mark.slow
+def test_ten_thousand_attempts_with_unknown_keys_get_no_frame_in(ctx, endpoint, hosts):
+    """10,000 connections, each with a key pair of its own, push forged frames and end-of-stream."""
+    inp, errors = bound(ctx, endpoint, hosts["compute"], {"camera": hosts["camera"][0]})
+    server, attempts, got, control = hosts["compute"][0], 0, [], []
+    try:
+        while attempts < 10_000:
+            batch = _push_batch(ctx, endpoint, server, [zmq.curve_keypair() for _ in range(100)])  # handshakes in parallel
+            got += received(inp, 0.05)
+            for sock in batch:
+                sock.close(linger=0)
+            attempts += len(batch)
+        got += received(inp, 0.5)
+        # The same pushes with the listed key get through in the same time: the refusals above are the keys'.
+        batch = _push_batch(ctx, endpoint, server, [hosts["camera"]] * 5)
+        control = received(inp, 0.5)
+        for sock in batch:
+            sock.close(linger=0)
+    finally:
+        inp.close()
+    assert attempts == 10_000 and got == [] and errors == []
+    assert [m.seq for m in control if not m.is_eos] == [7] * 5
