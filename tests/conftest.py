@@ -15,6 +15,7 @@ SHARED = Path(os.environ.get("EMOTION_SHARED_DATA", ROOT.parent / "shared" / "da
 VIDEO = SHARED / "video" / "woman2.mp4"
 FACES = SHARED / "faces"
 FER = SHARED / "fer2013"
+WIDER = SHARED / "wider_face"
 DEFAULT_MODEL = ROOT / "models" / "default"
 PYTHON = sys.executable
 
@@ -34,6 +35,11 @@ def video() -> Path:
 @pytest.fixture(scope="session")
 def faces_dir() -> Path:
     return need(FACES)
+
+
+@pytest.fixture(scope="session")
+def wider_dir() -> Path:
+    return need(WIDER)
 
 
 @pytest.fixture(scope="session")
