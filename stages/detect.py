@@ -1,29 +1,56 @@
-"""Detect: faces with OpenCV's Haar cascade."""
+"""Detect: faces with OpenCV's Haar cascades, scheduled over video frames.
+
+The algorithms live in ``pipeline.vision.detection`` (``detect_faces``, ``verify_faces``, ...)
+and ``pipeline.vision.scan`` (scan plans, the per-stream ``VideoScanner``); this module holds
+the parameters and the stage.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from pipeline.errors import ModelError
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Params, Stage
+from pipeline.vision.detection import (
+    DEFAULT_CASCADE,
+    VERIFY_CASCADE,
+    Box,
+    detect_faces,
+    load_cascade,
+    resolve_cascade,
+    verify_faces,
+)
 from pipeline.vision.faces import to_gray
 from pipeline.vision.record import FACES, Face
+from pipeline.vision.scan import FaceFinder, VideoScanner
 
-DEFAULT_CASCADE = "haarcascade_frontalface_default.xml"
+__all__ = ["DEFAULT_CASCADE", "Detect", "DetectParams", "detect_faces", "load_cascade", "resolve_cascade", "verify_faces"]
+
+FOLDER = "folder"  # meta "kind" of frames from an image folder: each frame its own picture
 
 
 class DetectParams(Params):
     cascade: str = Field(DEFAULT_CASCADE, description="a cascade name from cv2.data.haarcascades, or a path to an XML file")
-    scale_factor: float = Field(1.1, gt=1.0, le=2.0, description="image pyramid step; larger is faster and misses more")
-    min_neighbors: int = Field(5, ge=0, le=50, description="detections that must overlap to keep a face")
-    min_size: int = Field(30, ge=8, le=2000, description="smallest face side in original pixels")
-    detect_width: int | None = Field(320, ge=64, le=7680, description="detect on a copy this wide (faster); None: full size")
+    scale_factor: float = Field(1.2, gt=1.0, le=2.0, description="image pyramid step; larger is faster and misses more")
+    min_neighbors: int = Field(2, ge=0, le=50, description="detections that must overlap to keep a face")
+    min_size: int = Field(24, ge=8, le=2000, description="smallest face side in frame pixels")
+    detect_width: int | None = Field(None, ge=64, le=7680, description="search at most this resolution; None: the frame's")
     equalize: bool = Field(True, description="equalise the histogram before detecting (helps in dim light)")
+    verify: Literal["alt2", "none"] = Field("alt2", description="second look at new faces with OpenCV's alt2 cascade")
+    verify_neighbors: int = Field(7, ge=0, le=50, description="min_neighbors of the second look (higher: stricter)")
+    mode: Literal["video", "full"] = Field(
+        "video", description="video: follow known faces, rolling scan for new ones; full: whole frame every frame"
+    )
+    scan_pixels: int = Field(
+        100_000, ge=10_000, le=100_000_000, description="video: pixels searched per frame for new faces (sets the cycle length)"
+    )
+    min_hits: int = Field(3, ge=1, le=100, description="video: frames a new face must be found on before it is reported")
+    max_misses: int = Field(5, ge=0, le=1000, description="video: frames in a row a face may be missed before it is forgotten")
+    hold: int = Field(0, ge=0, le=100, description="video: frames a face is still reported, where predicted, while missed")
 
     @field_validator("cascade")
     @classmethod
@@ -32,66 +59,53 @@ class DetectParams(Params):
         return value
 
 
-def resolve_cascade(cascade: str) -> Path:
-    """A cascade file by path, or by name among OpenCV's bundled cascades."""
-    path = Path(cascade)
-    if path.is_file():
-        return path
-    bundled = Path(cv2.data.haarcascades) / cascade
-    if bundled.is_file():
-        return bundled
-    raise ValueError(f"cascade {cascade!r} is neither a file nor one of OpenCV's in {cv2.data.haarcascades}")
-
-
-def load_cascade(cascade: str) -> cv2.CascadeClassifier:
-    path = resolve_cascade(cascade)
-    classifier = cv2.CascadeClassifier(str(path))
-    if classifier.empty():
-        raise ModelError(f"{path}: not a valid Haar cascade")
-    return classifier
-
-
-def detect_faces(
-    gray: np.ndarray,
-    classifier: cv2.CascadeClassifier,
-    scale_factor: float = 1.1,
-    min_neighbors: int = 5,
-    min_size: int = 30,
-    detect_width: int | None = 320,
-    equalize: bool = True,
-) -> list[list[int]]:
-    """Face boxes ``[x, y, w, h]`` in ``gray``'s coordinates, largest first.
-
-    Detection runs on a copy scaled to ``detect_width`` (Haar cost grows with the pixel
-    count); boxes are scaled back to the original frame.
-    """
-    scale = 1.0
-    small = gray
-    if detect_width and gray.shape[1] > detect_width:
-        scale = gray.shape[1] / detect_width
-        small = cv2.resize(gray, (detect_width, round(gray.shape[0] / scale)), interpolation=cv2.INTER_AREA)
-    if equalize:
-        small = cv2.equalizeHist(small)
-    side = max(8, round(min_size / scale))
-    found = classifier.detectMultiScale(small, scaleFactor=scale_factor, minNeighbors=min_neighbors, minSize=(side, side))
-    boxes = [[round(v * scale) for v in box] for box in (found if len(found) else [])]
-    return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
-
-
 class Detect(Stage):
-    """Adds ``faces`` (boxes) to each frame."""
+    """Adds ``faces`` (boxes) to each frame.
+
+    In ``video`` mode the stage keeps state per stream (the faces it follows, where the
+    rolling scan is). With ``workers: N`` each worker keeps its own state for the frames it
+    gets (about every N-th): it still works, but follows faces on fewer frames; use
+    ``workers: 1`` for video, or ``mode: full`` where frames are unrelated.
+    """
 
     Params = DetectParams
     requires = frozenset({IMAGE})
     provides = frozenset({"box"})
 
     def on_start(self) -> None:
-        self._classifier = load_cascade(self.params.cascade)
+        p: DetectParams = self.params
+        self.finder = make_finder(p)
+        self._scanners: dict[str, VideoScanner] = {}
 
     def process(self, msg: Message) -> Message:
-        p: DetectParams = self.params
-        boxes = detect_faces(
-            to_gray(msg.image), self._classifier, p.scale_factor, p.min_neighbors, p.min_size, p.detect_width, p.equalize
-        )
-        msg.fields[FACES] = [Face(box=box) for box in boxes]
+        msg.fields[FACES] = [Face(box=box) for box in self.detect(to_gray(msg.image), msg.stream, msg.meta.get("kind") == FOLDER)]
         return msg
+
+    def detect(self, gray: np.ndarray, stream: str = "", still: bool = False) -> list[Box]:
+        """Face boxes of one gray frame of ``stream``, largest first (a full scan for still images)."""
+        p: DetectParams = self.params
+        if p.equalize:
+            gray = cv2.equalizeHist(gray)  # once per frame: scans, windows and the second look share it
+        if still or p.mode == "full":
+            return self.finder.full(gray)
+        scanner = self._scanners.get(stream)
+        if scanner is None:
+            scanner = self._scanners[stream] = VideoScanner(self.finder, p.min_hits, p.max_misses, p.hold)
+        return scanner.step(gray)
+
+    def on_eos(self, msg: Message) -> None:
+        self._scanners.pop(msg.stream, None)
+
+
+def make_finder(p: DetectParams) -> FaceFinder:
+    """The cascades and settings of a ``DetectParams``."""
+    return FaceFinder(
+        classifier=load_cascade(p.cascade),
+        verifier=load_cascade(VERIFY_CASCADE) if p.verify == "alt2" else None,
+        scale_factor=p.scale_factor,
+        min_neighbors=p.min_neighbors,
+        min_size=p.min_size,
+        detect_width=p.detect_width,
+        budget=p.scan_pixels,
+        verify_neighbors=p.verify_neighbors,
+    )

@@ -169,12 +169,19 @@ def sequential_run(topology: Topology, out: Path, context: dict[str, Any], openc
 
 
 def run_bench(
-    config: str, source: str, paced_fps: float | None = None, frames: int | None = None, codec: str | None = None
+    config: str,
+    source: str,
+    paced_fps: float | None = None,
+    frames: int | None = None,
+    codec: str | None = None,
+    detect_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (a) max speed, (b) paced at the source's fps, (c) paced at twice that with drop-oldest
     links, and (d) the sequential baseline, on one thread and with OpenCV's threads; return the figures.
 
     ``codec`` forces every link's image codec (``raw`` against ``shm``: what shared memory saves).
+    With ``detect_data`` (the WIDER FACE folder), the config's detect stage is also scored on a
+    generated clip of the source's frame size, so a faster setting shows what it costs in recall.
     """
     context = {"log_level": logging.WARNING, "log_format": "%(asctime)s %(levelname)s %(processName)s: %(message)s"}
     with tempfile.TemporaryDirectory(prefix="emobench-") as tmp:
@@ -206,6 +213,13 @@ def run_bench(
         threaded = sequential_run(topology("seq-mt", ["SOURCE.pacing=max"]), tmp_path / "seq-mt", context, opencv_threads=0)
 
     fast = runs["max"]
+    detection = None
+    if detect_data is not None:
+        from pipeline.tools.yardstick import clip_recall
+
+        log.info("bench: detection recall on a generated clip")
+        detection = clip_recall(config, detect_data, _frame_size(source))
+        detection.pop("per_size")
     return {
         "config": config,
         "source": source,
@@ -222,6 +236,7 @@ def run_bench(
         "rss_mib": fast["rss_mib"],
         "first_frame_s": fast["first_frame_s"],
         "one_face_share": fast["one_face_share"],
+        "detection": detection,
         "cpu_ms_per_frame": fast["cpu_ms_per_frame"],
         "work_ms_per_frame": fast["work_ms_per_frame"],
         "paced_fps": native,
@@ -240,6 +255,27 @@ def _native_fps(source: str) -> float:
     return fps if fps and fps < 1000 else 30.0
 
 
+def _frame_size(source: str) -> tuple[int, int]:
+    import cv2
+
+    cap = cv2.VideoCapture(source)
+    ok, frame = cap.read()
+    cap.release()
+    if not ok:
+        raise PipelineError(f"{source}: cannot read a frame")
+    return frame.shape[1], frame.shape[0]
+
+
+def _detection_line(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "detection recall: not measured (give --detect-data, the WIDER FACE folder)"
+    return (
+        f"detection on a generated {d['size'][0]}x{d['size'][1]} clip ({len(d['photos'])} WIDER photos, "
+        f"{d['scored_frames']} frames): recall {d['recall']:.1%}, precision {d['precision']:.1%}; "
+        f"detect {d['ms_per_frame']['mean']} ms a frame (p99 {d['ms_per_frame']['p99']})"
+    )
+
+
 def format_bench(b: dict[str, Any]) -> str:
     """The figures as a readable block."""
     lat, ov = b["latency_ms"], b["overload"]
@@ -247,6 +283,7 @@ def format_bench(b: dict[str, Any]) -> str:
         f"{b['config']} on {b['source']} ({b['machine']}); link codec: {b['codec']}",
         f"as fast as possible: {b['fps']} frames/s; sequential baseline (one process, one thread) {b['baseline_fps']} frames/s; "
         f"speedup {b['speedup']}x",
+        _detection_line(b.get("detection")),
         f"sequential with OpenCV's default threads: {b['baseline_threaded_fps']} frames/s",
         f"ideal from stage costs ({b['machine'].split(',')[0]} / sum of CPU ms per frame): {b['ideal_fps']} frames/s; "
         f"efficiency {b['efficiency']}",

@@ -1,4 +1,4 @@
-"""Command line: run, validate, stages, keys, train, evaluate, report, migrate, bench, soak."""
+"""Command line: run, validate, stages, keys, train, evaluate, evaluate-detect, make-clips, evaluate-clip, report, migrate, bench, soak."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import click
 
 from pipeline.errors import ExitCode, PipelineError
 
+DEFAULT_WIDER = Path("../shared/data/wider_face")  # beside the checkout, as the tests expect it
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 log = logging.getLogger("pipeline")
 
@@ -415,6 +416,75 @@ def evaluate(data, model, detect, prefix, as_json):
         click.echo(f"skipped {len(result['skipped'])} unreadable images")
 
 
+@main.command("evaluate-detect")
+@click.option(
+    "--data", required=True, type=click.Path(exists=True, file_okay=False), help="WIDER FACE folder (images/, boxes.csv)"
+)
+@click.option("--config", default="configs/local.yaml", show_default=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE", help="override a param (--set detect.min_size=40)")
+@click.option("--limit", type=click.IntRange(1), help="only the first N photos (sorted by path)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def evaluate_detect(data, config, overrides, limit, as_json):
+    """Score CONFIG's detect stage on annotated photos (full scan): recall, precision, recall by size, ms a photo."""
+    from pipeline.tools.yardstick import evaluate_photos, format_detection
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    result = evaluate_photos(config, data, overrides, limit)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(format_detection(result, f"{config} detect, full scan, {result['n_images']} photos (IoU {result['iou_min']})"))
+    click.echo(f"n_faces {result['n_faces']}; {result['ms_per_image']:.1f} ms a photo (median, one thread)")
+
+
+@main.command("make-clips")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="WIDER FACE folder")
+@click.option("--out", "out_dir", default="clips", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", "sizes", multiple=True, default=("1280x720", "640x360"), show_default=True, help="WIDTHxHEIGHT")
+@click.option("--photos", default=8, show_default=True, type=click.IntRange(1), help="photos per clip, one segment each")
+@click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(0.1), help="seconds per photo")
+@click.option("--fps", default=30.0, show_default=True, type=click.FloatRange(1, 240))
+@click.option("--seed", default=0, show_default=True, type=int)
+def make_clips(data, out_dir, sizes, photos, seconds, fps, seed):
+    """Write moving-camera clips (pan and zoom over annotated photos) with boxes per frame."""
+    from pipeline.tools.clips import make_clip, parse_size
+
+    try:
+        parsed = [parse_size(s) for s in sizes]
+    except ValueError as exc:
+        raise PipelineError(f"--size: {exc}") from None
+    for size in parsed:
+        video, boxes = make_clip(data, out_dir / f"clip-{size[0]}x{size[1]}", size, photos, seconds, fps, seed)
+        click.echo(f"{video}  {boxes}")
+
+
+@main.command("evaluate-clip")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--clip", required=True, type=click.Path(exists=True, dir_okay=False), help="a video (make-clips, or any)")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False), help="boxes per frame (default: the clip's .csv)")
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.KEY=VALUE", help="override a stage field or param")
+@click.option("--pacing", type=click.Choice(["realtime", "max"]), default="realtime", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def evaluate_clip(config, clip, truth, overrides, pacing, as_json):
+    """Run CONFIG on a clip in processes: recall and precision per frame, latency, drops."""
+    from pipeline.tools.yardstick import evaluate_clip as run_clip
+    from pipeline.tools.yardstick import format_detection
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    beside = Path(clip).with_suffix(".csv")
+    truth = truth or (str(beside) if beside.exists() else None)
+    result = run_clip(config, clip, truth, overrides, pacing)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    lat = result["latency_ms"]
+    click.echo(f"{config} on {clip}, {pacing}: {result['frames']} frames, {result['fps']} frames/s, "
+               f"latency p50 {lat['p50']} / p95 {lat['p95']} / p99 {lat['p99']} ms, dropped {result['dropped']}")  # fmt: skip
+    click.echo(f"one face in {result['one_face_share']:.1%} of frames")
+    if truth:
+        click.echo(format_detection(result, f"over {result['scored_frames']} frames (IoU 0.4)"))
+
+
 @main.command()
 @click.option("--db", required=True, type=click.Path(dir_okay=False), help="an emotion log (OUT/emotions.sqlite)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for index.html")
@@ -450,12 +520,22 @@ def migrate(db):
 @click.option(
     "--codec", type=click.Choice(["auto", "shm", "raw", "jpeg"]), help="force every link's image codec (compare transports)"
 )
-def bench(config, source, paced_fps, frames, as_json, plot, codec):
-    """Measure throughput, latency, CPU and memory of CONFIG against a sequential baseline."""
+@click.option(
+    "--detect-data",
+    type=click.Path(file_okay=False),
+    default=str(DEFAULT_WIDER),
+    show_default=True,
+    help="WIDER FACE folder: score detection recall on a generated clip beside the speed ('' to skip)",
+)
+def bench(config, source, paced_fps, frames, as_json, plot, codec, detect_data):
+    """Measure throughput, latency, CPU and memory of CONFIG against a sequential baseline, and detection recall."""
     from pipeline.tools.bench import format_bench, plot_bench, run_bench
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    result = run_bench(config, source, paced_fps, frames, codec)
+    if detect_data and not Path(detect_data).is_dir():
+        log.warning("--detect-data %s: no such folder; detection recall is not measured", detect_data)
+        detect_data = None
+    result = run_bench(config, source, paced_fps, frames, codec, detect_data or None)
     if plot:
         plot_bench(result, Path(plot))
     if as_json:

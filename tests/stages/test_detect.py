@@ -2,7 +2,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.detect import DEFAULT_CASCADE, detect_faces, load_cascade, resolve_cascade
+from pipeline.streaming.message import Message
+from pipeline.vision.record import FACES
+from stages.detect import DEFAULT_CASCADE, Detect, DetectParams, detect_faces, load_cascade, resolve_cascade
 
 # Expected counts from shared/data/faces/SOURCE.md (default cascade, scaleFactor 1.1, minNeighbors 5).
 EXPECTED = {
@@ -54,3 +56,54 @@ def test_boxes_are_largest_first(faces_dir, cascade):
 def test_unknown_cascade_is_a_clear_error():
     with pytest.raises(ValueError, match="neither a file nor one of OpenCV's"):
         resolve_cascade("haarcascade_nope.xml")
+
+
+# --- the stage: full scan for still images, scheduling for video ------------------------------
+
+
+def started(**params) -> Detect:
+    stage = Detect(DetectParams(**params), name="detect")
+    stage.on_start()
+    return stage
+
+
+def frame_of(faces_dir, name="face_recognition_two_people.jpg", still=False) -> Message:
+    image = cv2.imread(str(faces_dir / name), cv2.IMREAD_COLOR)
+    return Message(image=image, stream="s", meta={"still": True} if still else {})
+
+
+def test_a_still_image_gets_a_full_scan_on_its_one_frame(faces_dir):
+    stage = started(min_hits=3)
+    assert len(stage.process(frame_of(faces_dir, still=True)).fields[FACES]) == 2
+
+
+def test_full_mode_scans_every_frame_whole(faces_dir):
+    stage = started(mode="full")
+    assert len(stage.process(frame_of(faces_dir)).fields[FACES]) == 2
+
+
+def test_video_mode_reports_a_face_after_min_hits_frames_of_a_cycle(faces_dir):
+    stage = started(min_hits=3)
+    counts = [len(stage.process(frame_of(faces_dir)).fields[FACES]) for _ in range(12)]
+    cycle = stage.finder.plan(frame_of(faces_dir).image.shape).cycle
+    assert counts[:2] == [0, 0] and counts[cycle + 2 :] == [2] * (12 - cycle - 2), (counts, cycle)
+
+
+def test_video_state_is_kept_per_stream_and_dropped_at_end_of_stream(faces_dir):
+    stage = started(min_hits=1, mode="video", scan_pixels=10_000_000)
+    msg = stage.process(frame_of(faces_dir))
+    assert len(msg.fields[FACES]) == 2 and set(stage._scanners) == {"s"}
+    other = frame_of(faces_dir)
+    other.stream = "t"
+    stage.process(other)
+    assert set(stage._scanners) == {"s", "t"}
+    stage.on_eos(Message(stream="s"))
+    assert set(stage._scanners) == {"t"}
+
+
+def test_verify_none_and_bad_params_are_checked():
+    assert DetectParams(verify="none").verify == "none"
+    with pytest.raises(ValueError, match="verify"):
+        DetectParams(verify="alt3")
+    with pytest.raises(ValueError, match="mode"):
+        DetectParams(mode="sometimes")

@@ -1,0 +1,408 @@
+"""Where and at which sizes to look for faces: scan plans, and a scheduler for video.
+
+A full scan of a 1280x720 frame for faces down to 24 px costs a Haar cascade ~10x the
+frame budget at 30 frames/s on one core, and most of it is spent on the smallest faces
+(the cost of a pyramid level grows with the square of the resolution it searches).
+Video does not need it on every frame: faces move little between frames, and a new face
+can wait a few frames before it is found. So, per stream:
+
+- **known faces** are looked for again in a window around where they are expected (last
+  box moved by its velocity, padded by half its width), scaled so the face is ~36 px: a
+  few hundred pixels to search whatever the face's size or the frame's resolution;
+- **new faces** are looked for by a rolling scan: the full scan is cut into slices (size
+  bands, each searched on a copy shrunk so its smallest face spans the cascade's window,
+  split into overlapping tiles), and each frame searches slices worth ``budget`` pixels,
+  shared between the bands so that large faces (cheap) come round within a few frames and
+  the smallest within ``ScanPlan.cycle`` frames. Every frame costs about the same: no spikes;
+- a **new candidate** must pass the precision filters once (plausible geometry, a second
+  cascade) and then be found again in its window on ``min_hits`` frames before it is
+  reported: chance patterns rarely persist, and known faces cost nothing to confirm.
+
+Still images get the whole plan on one frame (``FaceFinder.full``), which is also what
+``evaluate-detect`` measures on the WIDER photos.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import cv2
+import numpy as np
+
+from pipeline.vision.detection import (
+    Box,
+    detect_region,
+    padded_region,
+    plausible,
+    plausible_boxes,
+    scored_region,
+    suppress_duplicates,
+    verify_faces,
+    window_size,
+)
+from pipeline.vision.detection_eval import iou
+
+BAND_RATIO = 2.0  # each size band covers faces [s, 2s): 4 pyramid levels at scale factor 1.2
+# A face fires the cascade over a few neighbouring scales, and min_neighbors counts them: a
+# band that stopped at 2s would split the windows of faces near 2s between two bands and
+# lose them (recall on WIDER fell from 56 to 43 % before verification). So each band also
+# searches windows up to REACH times its top; duplicates across bands are then suppressed.
+REACH = 1.728
+TILE = 320  # tile side in searched pixels: big enough that overlaps stay a small share
+TRACK_FACE = 36  # a known face is searched at this size: a few hundred pixels a face
+TRACK_PAD = 0.5  # window around a known face, in face widths on each side
+TRACK_RANGE = 1.4  # a known face may grow or shrink this much from one frame to the next
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One piece of a full scan.
+
+    Attributes:
+        region: ``[x0, y0, x1, y1]`` in frame pixels.
+        scale: frame pixels per searched pixel.
+        sides: the face sides (frame pixels) this slice is responsible for (its tile overlaps
+            its neighbours by the largest); the upper bound may be ``inf``.
+        cost: pixels searched (after scaling): the unit of the per-frame budget.
+    """
+
+    region: tuple[int, int, int, int]
+    scale: float
+    sides: tuple[float, float]
+    cost: int
+
+    @property
+    def reach(self) -> tuple[float, float]:
+        """The window sides searched: ``sides`` and a few scales above, for neighbours (``REACH``)."""
+        return self.sides[0], self.sides[1] * REACH
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """A full scan of one frame size, cut into slices grouped by size band.
+
+    Attributes:
+        slices: every slice; together they search every place at every size once.
+        bands: the indices of each band's slices, largest faces first.
+        budget: pixels searched per video frame (``None``: the whole plan on one frame).
+    """
+
+    slices: tuple[Slice, ...]
+    bands: tuple[tuple[int, ...], ...]
+    budget: int | None = None
+
+    @property
+    def cost(self) -> int:
+        return sum(s.cost for s in self.slices)
+
+    def band_cost(self, band: int) -> int:
+        return sum(self.slices[i].cost for i in self.bands[band])
+
+    def schedule(self) -> RollingScan:
+        """A fresh rolling scan over this plan (one per stream)."""
+        return RollingScan(self)
+
+    @cached_property
+    def pass_frames(self) -> tuple[int, ...]:
+        """Per band, the most frames the rolling scan takes to search all of it, from any start.
+
+        A face of a band's sizes that stays in view is searched within this many frames;
+        found by simulating the schedule (it is deterministic) over a few passes.
+        """
+        scan, longest = self.schedule(), [1] * len(self.bands)
+        last_seen: dict[int, int] = {}
+        horizon = 4 * math.ceil(self.cost / self.budget) + 8 if self.budget else 1
+        for frame in range(horizon):
+            for i in scan.next():
+                last_seen[i] = frame
+            if len(last_seen) == len(self.slices):  # every slice seen: measure the gaps from here
+                for k, band in enumerate(self.bands):
+                    longest[k] = max(longest[k], frame - min(last_seen[i] for i in band) + 1)
+        return tuple(longest)
+
+    @property
+    def cycle(self) -> int:
+        """Frames within which every place and size is searched (the slowest band's pass)."""
+        return max(self.pass_frames)
+
+
+class RollingScan:
+    """Which slices each video frame searches: proportional shares of a pixel budget per band.
+
+    Band ``k`` gets a share of the budget proportional to the square root of its cost, so
+    its pass takes frames proportional to that square root: the cheap bands of large faces
+    come round every few frames, the costly band of the smallest faces less often (about
+    1.5x the time one even sweep would take), and every frame costs about the budget.
+    Stride scheduling: the band whose virtual time is lowest goes next, and its virtual time
+    advances by the slice's cost over its share; deterministic, no randomness.
+    """
+
+    def __init__(self, plan: ScanPlan):
+        self.plan = plan
+        weights = [math.sqrt(plan.band_cost(k)) for k in range(len(plan.bands))]
+        self.shares = [w / sum(weights) for w in weights]
+        self.passes = [0.0] * len(plan.bands)
+        self.cursors = [0] * len(plan.bands)
+
+    def next(self) -> list[int]:
+        """The slice indices to search on the next frame."""
+        if not self.plan.budget:
+            return list(range(len(self.plan.slices)))
+        chosen: list[int] = []
+        spent = 0
+        while True:
+            # The most owed band goes first; when its next slice does not fit, a band further
+            # down the list may still fill the frame (without it, frames used ~60 % of the budget).
+            for k in sorted(range(len(self.passes)), key=lambda b: self.passes[b]):
+                band = self.plan.bands[k]
+                i = band[self.cursors[k] % len(band)]
+                cost = self.plan.slices[i].cost
+                if i not in chosen and (not chosen or spent + cost <= self.plan.budget):
+                    chosen.append(i)
+                    spent += cost
+                    self.cursors[k] += 1
+                    self.passes[k] += cost / self.shares[k]
+                    break
+            else:
+                return chosen
+
+
+def size_bands(
+    height: int, width: int, min_size: float, window: int, detect_width: int | None = None
+) -> list[tuple[float, tuple[float, float]]]:
+    """``(scale, (low, high))`` per size band, smallest faces first; the last band has no upper bound.
+
+    Band ``k`` is searched on a copy shrunk by ``scale = s0 * 2**k`` so its smallest face
+    (``window * scale``) spans the cascade's window; ``s0`` comes from ``min_size`` and is
+    at least ``width / detect_width`` (a resolution cap, as the old single-pass detector had).
+    """
+    scale = min_size / window
+    if detect_width and width > detect_width:
+        scale = max(scale, width / detect_width)
+    bands = []
+    while True:
+        low, high = window * scale, window * scale * BAND_RATIO
+        if low > min(height, width):
+            break
+        last = high >= min(height, width)
+        bands.append((scale, (low, math.inf if last else high)))
+        if last:
+            break
+        scale *= BAND_RATIO
+    return bands
+
+
+def _spans(extent: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Overlapping ``[start, end)`` spans of about ``tile`` covering ``0..extent``."""
+    if extent <= tile * 1.25:
+        return [(0, extent)]
+    n = math.ceil((extent - overlap) / (tile - overlap))
+    step = (extent - overlap) / n
+    return [(round(i * step), min(extent, round((i + 1) * step + overlap))) for i in range(n)]
+
+
+def plan_scan(
+    height: int,
+    width: int,
+    min_size: float,
+    window: int = 24,
+    detect_width: int | None = None,
+    budget: int | None = None,
+    tile: int = TILE,
+) -> ScanPlan:
+    """Cut a full scan of a ``width`` x ``height`` frame into slices, grouped by size band.
+
+    Args:
+        min_size: the smallest face side to find, frame pixels.
+        window: the cascade's window side (``detection.window_size``).
+        detect_width: search at most this resolution (see ``size_bands``).
+        budget: searched pixels per video frame; ``None``: everything on one frame.
+        tile: tile side in searched pixels.
+
+    Returns:
+        The plan, large-face bands first (cheap). A band's copy larger than about a tile is
+        cut into tiles that overlap by the band's largest face, so every face lies whole in
+        some tile.
+    """
+    slices: list[Slice] = []
+    bands: list[tuple[int, ...]] = []
+    for scale, sides in reversed(size_bands(height, width, min_size, window, detect_width)):
+        overlap = math.ceil(window * BAND_RATIO * 1.2)
+        band_h, band_w = round(height / scale), round(width / scale)
+        first = len(slices)
+        for y0, y1 in _spans(band_h, tile, overlap):
+            for x0, x1 in _spans(band_w, tile, overlap):
+                region = (round(x0 * scale), round(y0 * scale), min(width, round(x1 * scale)), min(height, round(y1 * scale)))
+                slices.append(Slice(region, scale, sides, (x1 - x0) * (y1 - y0)))
+        bands.append(tuple(range(first, len(slices))))
+    return ScanPlan(tuple(slices), tuple(bands), budget)
+
+
+@dataclass
+class FaceFinder:
+    """The cascades and their settings: what a scan plan, a window or a still image is searched with.
+
+    Attributes:
+        classifier: the detecting cascade.
+        verifier: the second-look cascade (``None``: no second look).
+        scale_factor, min_neighbors: the detecting cascade's settings in scans and windows.
+        min_size: the smallest face side, frame pixels.
+        detect_width: search at most this resolution (``None``: the frame's own).
+        budget: searched pixels per video frame for new faces.
+        verify_neighbors: the second cascade's ``minNeighbors`` (higher: stricter).
+    """
+
+    classifier: cv2.CascadeClassifier
+    verifier: cv2.CascadeClassifier | None = None
+    scale_factor: float = 1.2
+    min_neighbors: int = 2
+    min_size: int = 24
+    detect_width: int | None = None
+    budget: int | None = None
+    verify_neighbors: int = 7
+    _plans: dict[tuple[int, int, bool], ScanPlan] = field(default_factory=dict, repr=False)
+
+    def plan(self, shape: tuple[int, ...], rolling: bool = True) -> ScanPlan:
+        """The scan plan of a frame shape, made once per shape (``rolling``: spread by the budget)."""
+        key = (shape[0], shape[1], rolling)
+        if key not in self._plans:
+            window = window_size(self.classifier)
+            budget = self.budget if rolling else None
+            self._plans[key] = plan_scan(shape[0], shape[1], self.min_size, window, self.detect_width, budget)
+        return self._plans[key]
+
+    def search(self, gray: np.ndarray, slices: Sequence[Slice]) -> list[Box]:
+        """Candidate boxes from these slices, one per face and plausible, not yet verified."""
+        found = []
+        for piece in slices:
+            found += scored_region(
+                gray, self.classifier, piece.region, piece.scale, piece.reach, self.scale_factor, self.min_neighbors
+            )
+        found = [(b, n) for b, n in found if plausible(b, gray.shape)]
+        return suppress_duplicates([b for b, _ in found], [n for _, n in found])
+
+    def confirm(self, gray: np.ndarray, boxes: Sequence[Box]) -> list[Box]:
+        """The candidates that pass the second look (all of them without a verifier)."""
+        if self.verifier is None or not boxes:
+            return list(boxes)
+        return verify_faces(gray, boxes, self.verifier, min_neighbors=self.verify_neighbors)
+
+    def full(self, gray: np.ndarray) -> list[Box]:
+        """Every face in a still image: the whole plan at once, then the second look; largest first."""
+        plan = self.plan(gray.shape, rolling=False)
+        return self.confirm(gray, self.search(gray, plan.slices))
+
+    def follow(self, gray: np.ndarray, predicted: Sequence[float]) -> Box | None:
+        """A known face found again near ``predicted``, or ``None``.
+
+        The window is the predicted box padded by half its width, searched for faces
+        within ``TRACK_RANGE`` of its size; of several, the one overlapping it most.
+        """
+        side = predicted[2]
+        region = padded_region(predicted, TRACK_PAD, gray.shape)
+        sides = (side / TRACK_RANGE, side * TRACK_RANGE)
+        found = detect_region(
+            gray, self.classifier, region, side / TRACK_FACE, sides, min(self.scale_factor, 1.1), self.min_neighbors
+        )
+        found = plausible_boxes(found, gray.shape)
+        return max(found, key=lambda b: iou(b, predicted) - _distance(b, predicted), default=None)
+
+
+def _distance(a: Sequence[float], b: Sequence[float]) -> float:
+    """Distance between the centres of two boxes, in widths of ``b`` (breaks ties between window hits)."""
+    ax, ay = a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx, by = b[0] + b[2] / 2, b[1] + b[3] / 2
+    return math.hypot(ax - bx, ay - by) / max(b[2], 1)
+
+
+@dataclass
+class TrackedFace:
+    """A face the scheduler follows.
+
+    Attributes:
+        box: where it was last found, or predicted while it is missed (float pixels).
+        velocity: centre motion per frame (pixels), smoothed.
+        hits: frames it was found on.
+        misses: frames in a row it was not found on.
+    """
+
+    box: list[float]
+    velocity: tuple[float, float] = (0.0, 0.0)
+    hits: int = 1
+    misses: int = 0
+
+    def predicted(self) -> list[float]:
+        x, y, w, h = self.box
+        return [x + self.velocity[0], y + self.velocity[1], w, h]
+
+    def found(self, box: Sequence[int]) -> None:
+        """Found at ``box`` this frame: update velocity (smoothed: Haar boxes jitter) and counts."""
+        old = self.box
+        dx = (box[0] + box[2] / 2) - (old[0] + old[2] / 2)
+        dy = (box[1] + box[3] / 2) - (old[1] + old[3] / 2)
+        self.velocity = (0.5 * self.velocity[0] + 0.5 * dx, 0.5 * self.velocity[1] + 0.5 * dy)
+        self.box, self.hits, self.misses = [float(v) for v in box], self.hits + 1, 0
+
+    def missed(self) -> None:
+        self.box, self.misses = self.predicted(), self.misses + 1
+
+
+class VideoScanner:
+    """Per-stream detection state: known faces followed in windows, new ones by a rolling scan.
+
+    Args:
+        finder: the cascades and settings.
+        min_hits: frames a new face must be found on before it is reported.
+        max_misses: frames in a row a face may be missed before it is forgotten.
+        hold: frames a reported face is still reported, at its predicted place, while missed.
+    """
+
+    def __init__(self, finder: FaceFinder, min_hits: int = 3, max_misses: int = 5, hold: int = 0):
+        self.finder = finder
+        self.min_hits = min_hits
+        self.max_misses = max_misses
+        self.hold = hold
+        self.faces: list[TrackedFace] = []
+        self._scans: dict[tuple[int, ...], RollingScan] = {}  # per frame shape
+
+    def step(self, gray: np.ndarray) -> list[Box]:
+        """Detect on the next frame of the stream; the faces to report, largest first."""
+        for face in self.faces:
+            box = self.finder.follow(gray, face.predicted())
+            face.found(box) if box is not None else face.missed()
+        self.faces = [f for f in self.faces if f.misses <= self.max_misses and _inside(f.box, gray.shape)]
+        self.faces = _merge(self.faces)
+        plan = self.finder.plan(gray.shape)
+        scan = self._scans.get(gray.shape) or self._scans.setdefault(gray.shape, plan.schedule())
+        slices = [plan.slices[i] for i in scan.next()]
+        known = [f.box for f in self.faces]
+        new = [b for b in self.finder.search(gray, slices) if not any(_same_face(b, k) for k in known)]
+        self.faces += [TrackedFace([float(v) for v in b]) for b in self.finder.confirm(gray, new)]
+        shown = [f for f in self.faces if f.hits >= self.min_hits and f.misses <= self.hold]
+        return sorted(([round(v) for v in f.box] for f in shown), key=lambda b: b[2] * b[3], reverse=True)
+
+
+def _same_face(box: Sequence[float], known: Sequence[float]) -> bool:
+    """Whether a scan candidate is a face already followed (overlapping, or centred in it)."""
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    inside = known[0] <= cx <= known[0] + known[2] and known[1] <= cy <= known[1] + known[3]
+    return inside or iou(box, known) > 0.2
+
+
+def _merge(faces: list[TrackedFace]) -> list[TrackedFace]:
+    """Two followed faces that converged on one place are one face: keep the one found more often."""
+    kept: list[TrackedFace] = []
+    for face in sorted(faces, key=lambda f: f.hits, reverse=True):
+        if not any(iou(face.box, k.box) > 0.4 for k in kept):
+            kept.append(face)
+    return kept
+
+
+def _inside(box: Sequence[float], shape: tuple[int, ...]) -> bool:
+    """Whether at least half of a (predicted) box is still in the frame."""
+    x, y, w, h = box
+    inter = max(0.0, min(x + w, shape[1]) - max(x, 0)) * max(0.0, min(y + h, shape[0]) - max(y, 0))
+    return inter >= 0.5 * w * h
