@@ -36,7 +36,7 @@ FOLDER = "folder"  # meta "kind" of frames from an image folder: each frame its 
 class DetectParams(Params):
     cascade: str = Field(DEFAULT_CASCADE, description="a cascade name from cv2.data.haarcascades, or a path to an XML file")
     scale_factor: float = Field(1.2, gt=1.0, le=2.0, description="image pyramid step; larger is faster and misses more")
-    min_neighbors: int = Field(2, ge=0, le=50, description="detections that must overlap to keep a face")
+    min_neighbors: int = Field(1, ge=0, le=50, description="detections that must overlap to keep a face")
     min_size: int = Field(24, ge=8, le=2000, description="smallest face side in frame pixels")
     detect_width: int | None = Field(None, ge=64, le=7680, description="search at most this resolution; None: the frame's")
     equalize: bool = Field(True, description="equalise the histogram before detecting (helps in dim light)")
@@ -46,7 +46,7 @@ class DetectParams(Params):
         "video", description="video: follow known faces, rolling scan for new ones; full: whole frame every frame"
     )
     scan_pixels: int = Field(
-        100_000, ge=10_000, le=100_000_000, description="video: pixels searched per frame for new faces (sets the cycle length)"
+        60_000, ge=10_000, le=100_000_000, description="video: pixels searched per frame for new faces (sets the cycle length)"
     )
     min_hits: int = Field(3, ge=1, le=100, description="video: frames a new face must be found on before it is reported")
     max_misses: int = Field(5, ge=0, le=1000, description="video: frames in a row a face may be missed before it is forgotten")

@@ -212,7 +212,6 @@ def run_bench(
         log.info("bench: sequential, OpenCV's default threads")
         threaded = sequential_run(topology("seq-mt", ["SOURCE.pacing=max"]), tmp_path / "seq-mt", context, opencv_threads=0)
 
-    fast = runs["max"]
     detection = None
     if detect_data is not None:
         from pipeline.tools.yardstick import clip_recall
@@ -220,10 +219,14 @@ def run_bench(
         log.info("bench: detection recall on a generated clip")
         detection = clip_recall(config, detect_data, _frame_size(source))
         detection.pop("per_size")
+    summary = _summary(runs, baseline, threaded, detection)
+    return {"config": config, "source": source, "codec": codec or "as configured", "paced_fps": native, **summary}
+
+
+def _summary(runs: dict[str, dict], baseline: dict, threaded: dict, detection: dict | None) -> dict[str, Any]:
+    """The headline figures of the runs, in the order ``format_bench`` prints them."""
+    fast = runs["max"]
     return {
-        "config": config,
-        "source": source,
-        "codec": codec or "as configured",
         "machine": f"{os.cpu_count()} cores, {os.uname().machine}",
         "fps": fast["fps"],
         "baseline_fps": baseline["fps"],
@@ -239,7 +242,6 @@ def run_bench(
         "detection": detection,
         "cpu_ms_per_frame": fast["cpu_ms_per_frame"],
         "work_ms_per_frame": fast["work_ms_per_frame"],
-        "paced_fps": native,
         "overload": {k: runs["overload"][k] for k in ("fps", "latency_ms", "dropped", "rss_mib", "rss_growth_mib")},
         "runs": runs,
         "baseline": baseline,

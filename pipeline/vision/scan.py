@@ -7,7 +7,7 @@ Video does not need it on every frame: faces move little between frames, and a n
 can wait a few frames before it is found. So, per stream:
 
 - **known faces** are looked for again in a window around where they are expected (last
-  box moved by its velocity, padded by half its width), scaled so the face is ~36 px: a
+  box moved by its velocity, padded by half its width), scaled so the face is ~48 px: a
   few hundred pixels to search whatever the face's size or the frame's resolution;
 - **new faces** are looked for by a rolling scan: the full scan is cut into slices (size
   bands, each searched on a copy shrunk so its smallest face spans the cascade's window,
@@ -45,14 +45,17 @@ from pipeline.vision.detection import (
 )
 from pipeline.vision.detection_eval import iou
 
-BAND_RATIO = 2.0  # each size band covers faces [s, 2s): 4 pyramid levels at scale factor 1.2
-# A face fires the cascade over a few neighbouring scales, and min_neighbors counts them: a
-# band that stopped at 2s would split the windows of faces near 2s between two bands and
-# lose them (recall on WIDER fell from 56 to 43 % before verification). So each band also
-# searches windows up to REACH times its top; duplicates across bands are then suppressed.
-REACH = 1.728
-TILE = 320  # tile side in searched pixels: big enough that overlaps stay a small share
-TRACK_FACE = 36  # a known face is searched at this size: a few hundred pixels a face
+BAND_RATIO = 1.728  # band k covers faces [s, 1.728 s): three pyramid levels at scale factor 1.2
+# A face fires the cascade over a few neighbouring scales, and min_neighbors counts them: bands
+# that met edge to edge split the windows of faces near a boundary and lost them (recall on
+# WIDER fell from 56 to 43 % before verification). So each band searches windows up to just
+# under twice its smallest face, one level into the next band, and duplicates are suppressed.
+# Not further: OpenCV scans levels at factor >= 2 with a 1-px step instead of 2 px, four
+# times the cost per pixel (that reach had cost +80 %).
+REACH = 1.99
+TILE = (160, 320)  # tile sides in searched pixels: about the square root of the budget, so a frame
+# holds a tile or two; not smaller, where overlaps would cost more than the tiles
+TRACK_FACE = 48  # a known face is searched at this size: at 36 px the cascade lost turning faces
 TRACK_PAD = 0.5  # window around a known face, in face widths on each side
 TRACK_RANGE = 1.4  # a known face may grow or shrink this much from one frame to the next
 
@@ -76,8 +79,8 @@ class Slice:
 
     @property
     def reach(self) -> tuple[float, float]:
-        """The window sides searched: ``sides`` and a few scales above, for neighbours (``REACH``)."""
-        return self.sides[0], self.sides[1] * REACH
+        """The window sides searched: ``sides`` and up to ``REACH`` times the smallest, for neighbours."""
+        return self.sides[0], max(self.sides[1], self.sides[0] * REACH)
 
 
 @dataclass(frozen=True)
@@ -107,20 +110,20 @@ class ScanPlan:
 
     @cached_property
     def pass_frames(self) -> tuple[int, ...]:
-        """Per band, the most frames the rolling scan takes to search all of it, from any start.
+        """Per band, the most frames between two searches of any of its slices (from the start on).
 
-        A face of a band's sizes that stays in view is searched within this many frames;
-        found by simulating the schedule (it is deterministic) over a few passes.
+        A face of a band's sizes that appears and stays in view is searched within this many
+        frames, counting the one it appears on. Found by running the schedule (it is
+        deterministic) over several passes of the slowest band.
         """
         scan, longest = self.schedule(), [1] * len(self.bands)
-        last_seen: dict[int, int] = {}
-        horizon = 4 * math.ceil(self.cost / self.budget) + 8 if self.budget else 1
+        last = [-1] * len(self.slices)
+        horizon = 8 * math.ceil(self.cost / self.budget) + 16 if self.budget else 1
         for frame in range(horizon):
             for i in scan.next():
-                last_seen[i] = frame
-            if len(last_seen) == len(self.slices):  # every slice seen: measure the gaps from here
-                for k, band in enumerate(self.bands):
-                    longest[k] = max(longest[k], frame - min(last_seen[i] for i in band) + 1)
+                last[i], gap = frame, frame - last[i]
+                k = next(b for b, band in enumerate(self.bands) if i in band)
+                longest[k] = max(longest[k], gap)
         return tuple(longest)
 
     @property
@@ -175,7 +178,7 @@ def size_bands(
 ) -> list[tuple[float, tuple[float, float]]]:
     """``(scale, (low, high))`` per size band, smallest faces first; the last band has no upper bound.
 
-    Band ``k`` is searched on a copy shrunk by ``scale = s0 * 2**k`` so its smallest face
+    Band ``k`` is searched on a copy shrunk by ``scale = s0 * BAND_RATIO**k`` so its smallest face
     (``window * scale``) spans the cascade's window; ``s0`` comes from ``min_size`` and is
     at least ``width / detect_width`` (a resolution cap, as the old single-pass detector had).
     """
@@ -197,7 +200,7 @@ def size_bands(
 
 def _spans(extent: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     """Overlapping ``[start, end)`` spans of about ``tile`` covering ``0..extent``."""
-    if extent <= tile * 1.25:
+    if extent <= tile * 1.25 or tile <= overlap:
         return [(0, extent)]
     n = math.ceil((extent - overlap) / (tile - overlap))
     step = (extent - overlap) / n
@@ -211,7 +214,7 @@ def plan_scan(
     window: int = 24,
     detect_width: int | None = None,
     budget: int | None = None,
-    tile: int = TILE,
+    tile: int | None = None,
 ) -> ScanPlan:
     """Cut a full scan of a ``width`` x ``height`` frame into slices, grouped by size band.
 
@@ -220,22 +223,28 @@ def plan_scan(
         window: the cascade's window side (``detection.window_size``).
         detect_width: search at most this resolution (see ``size_bands``).
         budget: searched pixels per video frame; ``None``: everything on one frame.
-        tile: tile side in searched pixels.
+        tile: tile side in searched pixels (default: from the budget, within ``TILE``).
 
     Returns:
         The plan, large-face bands first (cheap). A band's copy larger than about a tile is
         cut into tiles that overlap by the band's largest face, so every face lies whole in
         some tile.
     """
+    if tile is None:
+        tile = TILE[1] if not budget else min(TILE[1], max(TILE[0], round(math.sqrt(budget))))
     slices: list[Slice] = []
     bands: list[tuple[int, ...]] = []
     for scale, sides in reversed(size_bands(height, width, min_size, window, detect_width)):
-        overlap = math.ceil(window * BAND_RATIO * 1.2)
+        overlap = math.ceil(window * BAND_RATIO * 1.1)
         band_h, band_w = round(height / scale), round(width / scale)
         first = len(slices)
         for y0, y1 in _spans(band_h, tile, overlap):
             for x0, x1 in _spans(band_w, tile, overlap):
-                region = (round(x0 * scale), round(y0 * scale), min(width, round(x1 * scale)), min(height, round(y1 * scale)))
+                # The last tile of a row or column reaches the frame's edge (rounding band sizes
+                # would otherwise leave a pixel or two unsearched there).
+                right = width if x1 == band_w else min(width, round(x1 * scale))
+                bottom = height if y1 == band_h else min(height, round(y1 * scale))
+                region = (round(x0 * scale), round(y0 * scale), right, bottom)
                 slices.append(Slice(region, scale, sides, (x1 - x0) * (y1 - y0)))
         bands.append(tuple(range(first, len(slices))))
     return ScanPlan(tuple(slices), tuple(bands), budget)
@@ -258,7 +267,7 @@ class FaceFinder:
     classifier: cv2.CascadeClassifier
     verifier: cv2.CascadeClassifier | None = None
     scale_factor: float = 1.2
-    min_neighbors: int = 2
+    min_neighbors: int = 1
     min_size: int = 24
     detect_width: int | None = None
     budget: int | None = None
@@ -377,12 +386,23 @@ class VideoScanner:
         self.faces = _merge(self.faces)
         plan = self.finder.plan(gray.shape)
         scan = self._scans.get(gray.shape) or self._scans.setdefault(gray.shape, plan.schedule())
-        slices = [plan.slices[i] for i in scan.next()]
-        known = [f.box for f in self.faces]
-        new = [b for b in self.finder.search(gray, slices) if not any(_same_face(b, k) for k in known)]
-        self.faces += [TrackedFace([float(v) for v in b]) for b in self.finder.confirm(gray, new)]
+        self._add(gray, self.finder.search(gray, [plan.slices[i] for i in scan.next()]))
         shown = [f for f in self.faces if f.hits >= self.min_hits and f.misses <= self.hold]
         return sorted(([round(v) for v in f.box] for f in shown), key=lambda b: b[2] * b[3], reverse=True)
+
+    def _add(self, gray: np.ndarray, candidates: list[Box]) -> None:
+        """Scan candidates: a known face's (which its window missed this frame: found again) or new ones.
+
+        Only new candidates take the second look; a known face was confirmed when it was new.
+        """
+        new = []
+        for box in candidates:
+            known = next((f for f in self.faces if _same_face(box, f.box)), None)
+            if known is None:
+                new.append(box)
+            elif known.misses:
+                known.found(box)  # the window lost it (it turned, blurred, jumped) and the scan has it
+        self.faces += [TrackedFace([float(v) for v in b]) for b in self.finder.confirm(gray, new)]
 
 
 def _same_face(box: Sequence[float], known: Sequence[float]) -> bool:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.vision.detection import DEFAULT_CASCADE, VERIFY_CASCADE, load_cascade
-from pipeline.vision.scan import FaceFinder, VideoScanner, plan_scan, size_bands
+from pipeline.vision.scan import BAND_RATIO, FaceFinder, VideoScanner, plan_scan, size_bands
 from stages.track import Tracker
 from tests.pipeline.vision.face_patch import background, face_patch, paste
 
@@ -14,10 +14,11 @@ def finder():
     return FaceFinder(load_cascade(DEFAULT_CASCADE), load_cascade(VERIFY_CASCADE), budget=100_000)
 
 
-def test_size_bands_double_from_the_smallest_face_and_end_open():
+def test_size_bands_grow_from_the_smallest_face_and_end_open():
     bands = size_bands(720, 1280, min_size=24, window=24)
-    assert [round(s, 3) for s, _ in bands] == [1, 2, 4, 8, 16]
-    assert bands[0][1] == (24, 48) and bands[-1][1] == (384, math.inf)
+    assert [round(s, 2) for s, _ in bands] == [round(BAND_RATIO**k, 2) for k in range(len(bands))]
+    assert bands[0][1] == (24, 24 * BAND_RATIO) and bands[-1][1][1] == math.inf
+    assert bands[-1][1][0] <= 720 < bands[-1][1][0] * BAND_RATIO
 
 
 def test_detect_width_caps_the_resolution():
@@ -47,14 +48,15 @@ def test_the_rolling_scan_costs_about_the_budget_on_every_frame():
     frames = [scan.next() for _ in range(3 * plan.cycle)]
     costs = [sum(plan.slices[i].cost for i in frame) for frame in frames]
     assert {i for frame in frames for i in frame} == set(range(len(plan.slices)))
-    assert max(costs) <= 100_000 and min(costs) >= 60_000, costs
+    assert max(costs) <= 100_000 and min(costs) >= 50_000, costs
     assert plan_scan(720, 1280, min_size=24).schedule().next() == list(range(len(plan.slices)))
 
 
 def test_large_faces_come_round_sooner_than_small_ones():
     plan = plan_scan(720, 1280, min_size=24, budget=100_000)
     passes = plan.pass_frames  # bands from the largest faces to the smallest
-    assert list(passes) == sorted(passes) and passes[0] <= 3 and passes[-1] <= 1.5 * plan.cost / 90_000 + 2
+    even_sweep = plan.cost / 100_000  # frames a sweep in plain order would take at full budget
+    assert list(passes) == sorted(passes) and passes[0] <= 3 and passes[-1] <= 2.5 * even_sweep
     assert plan.cycle == passes[-1]
 
 
@@ -67,7 +69,7 @@ def test_pass_frames_bounds_the_gap_between_searches_of_every_slice():
             seen.setdefault(i, []).append(frame)
     for k, band in enumerate(plan.bands):
         for i in band:
-            frames = [0, *seen[i]]
+            frames = [-1, *seen[i]]  # a face appearing on any frame is searched within pass_frames
             assert max(b - a for a, b in zip(frames, frames[1:])) <= plan.pass_frames[k]
 
 
