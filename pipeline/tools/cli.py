@@ -434,7 +434,10 @@ def evaluate_detect(data, config, overrides, limit, as_json):
         click.echo(json.dumps(result))
         return
     click.echo(format_detection(result, f"{config} detect, full scan, {result['n_images']} photos (IoU {result['iou_min']})"))
-    click.echo(f"n_faces {result['n_faces']}; {result['ms_per_image']:.1f} ms a photo (median, one thread)")
+    click.echo(
+        f"n_faces {result['n_faces']}; {result['ms_per_image']:.1f} ms a photo, {result['cpu_ms_per_image']} ms of CPU "
+        "(medians, one thread)"
+    )
 
 
 @main.command("make-clips")

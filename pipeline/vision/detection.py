@@ -167,7 +167,10 @@ def verify_faces(
         size = (max(1, round(crop.shape[1] / scale)), max(1, round(crop.shape[0] / scale)))
         crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
         target = [(box[0] - x0) / scale, (box[1] - y0) / scale, box[2] / scale, box[3] / scale]
-        found = classifier.detectMultiScale(crop, scaleFactor=scale_factor, minNeighbors=min_neighbors)
+        # Only sizes that can overlap the box at iou_min (a square inside another: side ratio
+        # >= iou_min ** 0.5): the smallest levels, the costliest, could never confirm it.
+        low = max(window_size(classifier), math.floor(width * math.sqrt(iou_min)))
+        found = classifier.detectMultiScale(crop, scaleFactor=scale_factor, minNeighbors=min_neighbors, minSize=(low, low))
         if any(iou(f, target) >= iou_min for f in found):
             kept.append(list(box))
     return kept
