@@ -99,9 +99,11 @@ class ScanPlan:
 
     @property
     def cost(self) -> int:
+        """Pixels searched by a full scan."""
         return sum(s.cost for s in self.slices)
 
     def band_cost(self, band: int) -> int:
+        """Pixels searched for one size band."""
         return sum(self.slices[i].cost for i in self.bands[band])
 
     def schedule(self) -> RollingScan:
@@ -344,6 +346,7 @@ class TrackedFace:
     misses: int = 0
 
     def predicted(self) -> list[float]:
+        """Where the face should be on the next frame: its box moved by its velocity."""
         x, y, w, h = self.box
         return [x + self.velocity[0], y + self.velocity[1], w, h]
 
@@ -356,6 +359,7 @@ class TrackedFace:
         self.box, self.hits, self.misses = [float(v) for v in box], self.hits + 1, 0
 
     def missed(self) -> None:
+        """Not found this frame: keep moving it as predicted (a face crossing the frame comes back there)."""
         self.box, self.misses = self.predicted(), self.misses + 1
 
 
