@@ -1,4 +1,5 @@
-"""Command line: run, validate, stages, keys, train, evaluate, evaluate-detect, make-clips, evaluate-clip, report, migrate, bench, soak."""
+"""Command line: run, validate, stages, keys, train, evaluate, evaluate-detect, make-clips,
+evaluate-clip, report, migrate, bench, soak."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def started(**params) -> Detect:
 
 def frame_of(faces_dir, name="face_recognition_two_people.jpg", still=False) -> Message:
     image = cv2.imread(str(faces_dir / name), cv2.IMREAD_COLOR)
-    return Message(image=image, stream="s", meta={"still": True} if still else {})
+    return Message(image=image, stream="s", meta={"kind": "folder"} if still else {})
 
 
 def test_a_still_image_gets_a_full_scan_on_its_one_frame(faces_dir):
