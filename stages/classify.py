@@ -13,13 +13,16 @@ from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
 from pipeline.vision.faces import SEGMENTATION_VERSION, crop_face, model_input, segmentation_channel, to_gray
 from pipeline.vision.model import METADATA_NAME, EmotionModel, ModelInfo, resolve_model_path
-from pipeline.vision.record import faces_of
+from pipeline.vision.record import faces_in_budget
 
 
 class ClassifyParams(Params):
     model: str | None = Field(None, description="model directory or .tflite file; None: the shipped models/default")
     threads: int = Field(1, ge=1, le=64, description="interpreter threads per worker")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="below this the label is 'uncertain' (probabilities are kept)")
+    faces_per_frame: int | None = Field(
+        2, ge=1, le=256, description="faces classified a frame, taking turns (track carries labels); None: all; image folders: all"
+    )
 
     @field_validator("model")
     @classmethod
@@ -32,7 +35,8 @@ class ClassifyParams(Params):
 
 
 class Classify(Stage):
-    """Adds ``probs``, ``emotion`` and ``confidence`` to every face."""
+    """Adds ``probs``, ``emotion`` and ``confidence`` to every face (or, with ``faces_per_frame``,
+    to the faces whose turn it is: a crowded frame then costs no more than that many faces)."""
 
     Params = ClassifyParams
     requires = frozenset({IMAGE, "box"})
@@ -53,6 +57,11 @@ class Classify(Stage):
         k = upstream.get("segmentation_k")
         if info.segmentation and k is not None and k != info.segmentation_k:
             raise ValueError(f"model {path} was trained with segmentation k={info.segmentation_k}, the segment stage uses k={k}")
+        if info.segmentation and "segment_budget" in upstream and upstream["segment_budget"] != params.faces_per_frame:
+            raise ValueError(
+                f"model {path} needs every classified face segmented: give segment the same faces_per_frame "
+                f"({upstream['segment_budget']}) as classify ({params.faces_per_frame})"
+            )
         requires = cls.requires | ({"seg"} if info.segmentation else set())
         return Contract(requires, cls.provides, {"classes": list(info.classes), "model": str(path)})
 
@@ -70,7 +79,7 @@ class Classify(Stage):
         self.model.predict(np.zeros((1, size, size, self.info.channels), np.float32))
 
     def process(self, msg: Message) -> Message:
-        faces = faces_of(msg)
+        faces = faces_in_budget(msg, self.params.faces_per_frame)
         if not faces:
             return msg
         gray = to_gray(msg.image)

@@ -25,12 +25,10 @@ from pipeline.vision.detection import (
     verify_faces,
 )
 from pipeline.vision.faces import to_gray
-from pipeline.vision.record import FACES, Face
+from pipeline.vision.record import FACES, Face, is_still
 from pipeline.vision.scan import FaceFinder, VideoScanner
 
 __all__ = ["DEFAULT_CASCADE", "Detect", "DetectParams", "detect_faces", "load_cascade", "resolve_cascade", "verify_faces"]
-
-FOLDER = "folder"  # meta "kind" of frames from an image folder: each frame its own picture
 
 
 class DetectParams(Params):
@@ -78,7 +76,7 @@ class Detect(Stage):
         self._scanners: dict[str, VideoScanner] = {}
 
     def process(self, msg: Message) -> Message:
-        msg.fields[FACES] = [Face(box=box) for box in self.detect(to_gray(msg.image), msg.stream, msg.meta.get("kind") == FOLDER)]
+        msg.fields[FACES] = [Face(box=box) for box in self.detect(to_gray(msg.image), msg.stream, is_still(msg))]
         return msg
 
     def detect(self, gray: np.ndarray, stream: str = "", still: bool = False) -> list[Box]:

@@ -17,7 +17,7 @@ from pipeline.streaming.stage import IMAGE, Params, Stage, inside_out
 from pipeline.vision.overlay import draw_faces
 from pipeline.vision.record import faces_of
 from pipeline.vision.recording import SegmentedVideo
-from pipeline.vision.video import open_video
+from pipeline.vision.video import DEFAULT_PRESET, Preset, open_video
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class RenderParams(Params):
         pattern=r"^(h264|\S{4})$",
         description="h264: H.264 MP4 through PyAV, which browsers play; or an OpenCV fourcc (mp4v, MJPG, VP80 for .webm)",
     )
+    preset: Preset = Field(DEFAULT_PRESET, description="h264: x264 speed preset; slower ones make smaller files")
     segment_s: float = Field(
         2.0, gt=0, le=3600, description="seconds of video per segment file: a killed render loses at most this much"
     )
@@ -111,7 +112,9 @@ class Render(Stage):
     def _video(self, stream: str, fps: float) -> SegmentedVideo:
         if stream not in self._videos:
             segment = max(1, round(fps * self.params.segment_s))
-            video = SegmentedVideo(self.video_path(stream), self.params.codec, fps, self.context.restarts, segment)
+            video = SegmentedVideo(
+                self.video_path(stream), self.params.codec, fps, self.context.restarts, segment, self.params.preset
+            )
             self._videos[stream] = video
         return self._videos[stream]
 

@@ -8,16 +8,20 @@ from pydantic import Field
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
 from pipeline.vision.faces import FACE_SIZE, crop_face, kmeans_in_one_thread, segment_face, to_gray
-from pipeline.vision.record import faces_of
+from pipeline.vision.record import faces_in_budget
 
 
 class SegmentParams(Params):
     k: int = Field(4, ge=2, le=16, description="number of K-means regions per face")
     spatial_weight: float = Field(0.35, ge=0.0, le=5.0, description="weight of pixel position against intensity")
+    faces_per_frame: int | None = Field(
+        2, ge=1, le=256, description="faces segmented a frame, taking turns as classify does; None: all; image folders: all"
+    )
 
 
 class Segment(Stage):
-    """Adds ``seg`` (a 48x48 uint8 label map, 0 = darkest region) to every face."""
+    """Adds ``seg`` (a 48x48 uint8 label map, 0 = darkest region) to every face (or, with
+    ``faces_per_frame``, to the faces whose turn it is; give classify the same budget)."""
 
     Params = SegmentParams
     requires = frozenset({IMAGE, "box"})
@@ -26,7 +30,7 @@ class Segment(Stage):
     @classmethod
     def contract(cls, params: SegmentParams, upstream) -> Contract:
         # A classifier downstream checks at validation that it was trained with this k.
-        return Contract(cls.requires, cls.provides, {"segmentation_k": params.k})
+        return Contract(cls.requires, cls.provides, {"segmentation_k": params.k, "segment_budget": params.faces_per_frame})
 
     def on_start(self) -> None:
         self._limits = kmeans_in_one_thread()
@@ -35,6 +39,6 @@ class Segment(Stage):
     def process(self, msg: Message) -> Message:
         p: SegmentParams = self.params
         gray = to_gray(msg.image)
-        for face in faces_of(msg):
+        for face in faces_in_budget(msg, p.faces_per_frame):
             face.seg = segment_face(crop_face(gray, face.box), p.k, p.spatial_weight)
         return msg

@@ -126,7 +126,11 @@ class Track(Stage):
         tracks = tracker.update(msg.seq, [face.box for face in faces])
         for face, track in zip(faces, tracks):
             face.track = track.id
-            if p.smoothing == "off" or face.probs is None or len(face.probs) != len(self._classes):
+            if p.smoothing == "off":
+                continue
+            if face.probs is None or len(face.probs) != len(self._classes):
+                if face.probs is None and track.smoothed is not None:
+                    self._carry(face, track)  # not classified this frame (classify's faces_per_frame)
                 continue
             smoothed = smooth(track, np.asarray(face.probs, dtype=np.float64), p)
             best = int(smoothed.argmax())
@@ -138,6 +142,12 @@ class Track(Stage):
             face.emotion = self._classes[best]
             face.confidence = round(float(smoothed[best]), 5)
         return msg
+
+    def _carry(self, face, track: _Track) -> None:
+        """The track's last smoothed label on a face that was not classified this frame."""
+        face.smoothed = [round(float(v), 5) for v in track.smoothed]
+        face.emotion = self._classes[track.label]
+        face.confidence = round(float(track.smoothed[track.label]), 5)
 
     def on_eos(self, msg: Message) -> None:
         self._trackers.pop(msg.stream, None)

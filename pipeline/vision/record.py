@@ -55,6 +55,27 @@ def faces_of(msg: Message) -> list[Face]:
     return msg.fields.get(FACES, [])
 
 
+def is_still(msg: Message) -> bool:
+    """Whether a frame is a picture of its own (from an image folder), not part of a video."""
+    return msg.meta.get("kind") == "folder"
+
+
+def faces_in_budget(msg: Message, budget: int | None) -> list[Face]:
+    """The faces of a frame a stage with a per-frame ``budget`` works on this frame.
+
+    With more faces than the budget, a window of ``budget`` faces rotates with the frame number,
+    so each face of a video is taken about every ``ceil(n / budget)`` frames whichever worker
+    gets the frame; stages with the same budget take the same faces. ``None``, and still
+    images: every face.
+    """
+    faces = faces_of(msg)
+    n = len(faces)
+    if budget is None or n <= budget or is_still(msg):
+        return faces
+    start = msg.seq * budget
+    return [faces[(start + i) % n] for i in range(budget)]
+
+
 class FacesCodec:
     """``list[Face]`` on the wire: a list of maps with the fields that are set."""
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.vision.video import VideoSink, open_video
+from pipeline.vision.video import DEFAULT_PRESET, H264, VideoSink, join_h264, open_video
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,10 @@ class SegmentedVideo:
         segment_frames: frames per segment; a kill loses at most this many.
     """
 
-    def __init__(self, path: Path, codec: str, fps: float, start: int = 0, segment_frames: int = 60):
-        self.path, self.codec, self.fps, self.start = path, codec, fps, start
+    def __init__(
+        self, path: Path, codec: str, fps: float, start: int = 0, segment_frames: int = 60, preset: str = DEFAULT_PRESET
+    ):
+        self.path, self.codec, self.fps, self.start, self.preset = path, codec, fps, start, preset
         self.parts = path.with_name(f".{path.name}.parts")
         self.segment_frames = segment_frames
         if start == 0:
@@ -49,7 +51,7 @@ class SegmentedVideo:
         if self._writer is None or self._in_segment >= self.segment_frames:
             self._close_segment()
             name = f"{self.start:03d}-{self._segment:06d}.mp4"  # sorts in writing order across restarts
-            self._writer = open_video(self.parts / name, self.fps, frame.shape[1::-1], self.codec)
+            self._writer = open_video(self.parts / name, self.fps, frame.shape[1::-1], self.codec, self.preset)
             self._segment += 1
         self._writer.write(frame)
         self._in_segment += 1
@@ -65,6 +67,20 @@ class SegmentedVideo:
         self._close_segment()
         segments = sorted(self.parts.glob("*.mp4"))
         joined = self.path.with_name(f".{self.path.name}.joining{self.path.suffix}")
+        frames = self._join(segments, joined) if segments else 0
+        if frames:
+            if joined.stat().st_size == 0 or cv2.VideoCapture(str(joined)).get(cv2.CAP_PROP_FRAME_COUNT) < frames:
+                raise PipelineError(f"{joined}: the joined video is incomplete (a full disk?)")
+            joined.replace(self.path)
+        shutil.rmtree(self.parts, ignore_errors=True)
+        if self.start:
+            log.info("%s: joined %d frames written across %d starts", self.path, frames, self.start + 1)
+        return frames
+
+    def _join(self, segments: list[Path], joined: Path) -> int:
+        """H.264 segments are copied packet by packet (~1 ms a second of video); other codecs re-encoded."""
+        if self.codec == H264:
+            return join_h264(segments, joined)
         writer, frames = None, 0
         for segment in segments:
             reader = cv2.VideoCapture(str(segment))
@@ -75,10 +91,4 @@ class SegmentedVideo:
             reader.release()
         if writer is not None:
             writer.release()
-            if joined.stat().st_size == 0 or cv2.VideoCapture(str(joined)).get(cv2.CAP_PROP_FRAME_COUNT) < frames:
-                raise PipelineError(f"{joined}: the joined video is incomplete (a full disk?)")
-            joined.replace(self.path)
-        shutil.rmtree(self.parts, ignore_errors=True)
-        if self.start:
-            log.info("%s: joined %d frames written across %d starts", self.path, frames, self.start + 1)
         return frames

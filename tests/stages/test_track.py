@@ -61,3 +61,15 @@ def test_smoothing_stops_the_flicker_and_keeps_raw_values():
 def test_smoothing_off_only_tracks():
     faces = run_track(TrackParams(smoothing="off"), n=5)
     assert all(f.smoothed is None and f.track == 1 for f in faces)
+
+
+def test_faces_not_classified_this_frame_keep_their_track_label():
+    """classify's faces_per_frame leaves some faces without probabilities: track carries their label."""
+    stage = Track(TrackParams(), name="track", context=StageContext(run={"classes": list(EMOTIONS)}))
+    stage.on_start()
+    first = faces_of(stage.process(flickering(0)))[0]
+    skipped = faces_of(stage.process(Message(seq=1, fields={FACES: [Face(box=[11, 10, 40, 40])]})))[0]
+    assert skipped.track == first.track and skipped.probs is None
+    assert skipped.emotion == first.emotion and skipped.smoothed == first.smoothed
+    new = faces_of(stage.process(Message(seq=2, fields={FACES: [Face(box=[300, 300, 40, 40])]})))[0]
+    assert new.emotion is None  # a track never classified has nothing to carry

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.errors import MessageError
 from pipeline.streaming.message import FORMAT_VERSION, Message, decode, encode
-from pipeline.vision.record import FACE_FIELDS, FACES, Face, faces_of
+from pipeline.vision.record import FACE_FIELDS, FACES, Face, faces_in_budget, faces_of
 
 
 def as_bytes(frames) -> list[bytes]:
@@ -72,3 +72,16 @@ def test_malformed_faces_raise_a_message_error_naming_the_problem(faces, fragmen
     with pytest.raises(MessageError) as err:
         decode([header(faces)])
     assert fragment in str(err.value)
+
+
+def test_a_face_budget_takes_every_face_in_turn():
+    faces = [Face(box=[i, 0, 10, 10]) for i in range(7)]
+    taken: dict[int, int] = {}
+    for seq in range(70):
+        chosen = faces_in_budget(Message(seq=seq, fields={FACES: faces}), 3)
+        assert len(chosen) == 3 and len({id(f) for f in chosen}) == 3
+        for f in chosen:
+            taken[f.box[0]] = taken.get(f.box[0], 0) + 1
+    assert sorted(taken) == list(range(7)) and max(taken.values()) - min(taken.values()) <= 1  # 30 each
+    assert faces_in_budget(Message(seq=5, fields={FACES: faces}), None) == faces
+    assert faces_in_budget(Message(seq=5, fields={FACES: faces[:2]}), 3) == faces[:2]
