@@ -21,7 +21,7 @@ class ClassifyParams(Params):
     threads: int = Field(1, ge=1, le=64, description="interpreter threads per worker")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="below this the label is 'uncertain' (probabilities are kept)")
     faces_per_frame: int | None = Field(
-        2, ge=1, le=256, description="faces classified a frame, taking turns (track carries labels); None: all; image folders: all"
+        2, ge=1, le=256, description="faces classified a frame, in turns (track carries labels); None: all; image folders: all"
     )
 
     @field_validator("model")
