@@ -46,6 +46,9 @@ class DetectParams(Params):
     scan_pixels: int = Field(
         60_000, ge=10_000, le=100_000_000, description="video: pixels searched per frame for new faces (sets the cycle length)"
     )
+    scan_share: float = Field(
+        0.1, gt=0.0, le=1.0, description="video: at most this share of a full scan a frame (small frames cost less)"
+    )
     min_hits: int = Field(3, ge=1, le=100, description="video: frames a new face must be found on before it is reported")
     max_misses: int = Field(5, ge=0, le=1000, description="video: frames in a row a face may be missed before it is forgotten")
     hold: int = Field(0, ge=0, le=100, description="video: frames a face is still reported, where predicted, while missed")
@@ -105,5 +108,6 @@ def make_finder(p: DetectParams) -> FaceFinder:
         min_size=p.min_size,
         detect_width=p.detect_width,
         budget=p.scan_pixels,
+        share=p.scan_share,
         verify_neighbors=p.verify_neighbors,
     )

@@ -263,6 +263,8 @@ class FaceFinder:
         min_size: the smallest face side, frame pixels.
         detect_width: search at most this resolution (``None``: the frame's own).
         budget: searched pixels per video frame for new faces.
+        share: at most this share of a full scan a video frame (small frames cost less than
+            ``budget``: a 596x336 frame would otherwise be searched whole every ~5 frames).
         verify_neighbors: the second cascade's ``minNeighbors`` (higher: stricter).
     """
 
@@ -273,6 +275,7 @@ class FaceFinder:
     min_size: int = 24
     detect_width: int | None = None
     budget: int | None = None
+    share: float = 1.0
     verify_neighbors: int = 7
     _plans: dict[tuple[int, int, bool], ScanPlan] = field(default_factory=dict, repr=False)
 
@@ -281,8 +284,10 @@ class FaceFinder:
         key = (shape[0], shape[1], rolling)
         if key not in self._plans:
             window = window_size(self.classifier)
-            budget = self.budget if rolling else None
-            self._plans[key] = plan_scan(shape[0], shape[1], self.min_size, window, self.detect_width, budget)
+            plan = plan_scan(shape[0], shape[1], self.min_size, window, self.detect_width, self.budget if rolling else None)
+            if rolling and self.budget and plan.cost * self.share < self.budget:
+                plan = plan_scan(shape[0], shape[1], self.min_size, window, self.detect_width, math.ceil(plan.cost * self.share))
+            self._plans[key] = plan
         return self._plans[key]
 
     def search(self, gray: np.ndarray, slices: Sequence[Slice]) -> list[Box]:
