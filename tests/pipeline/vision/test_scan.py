@@ -52,6 +52,14 @@ def test_the_rolling_scan_costs_about_the_budget_on_every_frame():
     assert plan_scan(720, 1280, min_size=24).schedule().next() == list(range(len(plan.slices)))
 
 
+def test_small_frames_search_at_most_their_share_of_a_full_scan():
+    finder = FaceFinder(load_cascade(DEFAULT_CASCADE), budget=60_000, share=0.1)
+    small, large = finder.plan((336, 596)), finder.plan((720, 1280))
+    assert small.budget < 60_000 and small.budget == math.ceil(0.1 * plan_scan(336, 596, 24, budget=60_000).cost)
+    assert large.budget == 60_000  # a tenth of 1280x720 is more than the budget
+    assert finder.plan((336, 596), rolling=False).budget is None  # still images: everything at once
+
+
 def test_large_faces_come_round_sooner_than_small_ones():
     plan = plan_scan(720, 1280, min_size=24, budget=100_000)
     passes = plan.pass_frames  # bands from the largest faces to the smallest
