@@ -15,7 +15,7 @@ from pipeline.errors import PipelineError
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Params, Stage, inside_out
 from pipeline.vision.overlay import draw_faces
-from pipeline.vision.record import faces_of
+from pipeline.vision.record import Face, faces_of
 from pipeline.vision.recording import SegmentedVideo
 from pipeline.vision.video import DEFAULT_PRESET, Preset, open_video
 
@@ -33,6 +33,9 @@ class RenderParams(Params):
     preset: Preset = Field(DEFAULT_PRESET, description="h264: x264 speed preset; slower ones make smaller files")
     segment_s: float = Field(
         2.0, gt=0, le=3600, description="seconds of video per segment file: a killed render loses at most this much"
+    )
+    bridge: int = Field(
+        10, ge=0, le=300, description="frames a tracked face missed by the detector is still drawn where last seen (no blinking)"
     )
     bars: bool = Field(True, description="draw a small bar chart of the class probabilities beside each face")
     legend: bool = Field(True, description="draw a legend of the emotion colours along the bottom edge")
@@ -56,6 +59,27 @@ def _check_codec(codec: str) -> None:
             raise PipelineError(f"render.codec: cannot write {codec!r} videos on this machine (h264 or mp4v work)") from None
 
 
+class GapBridge:
+    """Tracked faces the detector missed for at most ``frames`` frames, kept where last seen.
+
+    A face found on most frames but not all would otherwise blink on the video; ``track``
+    keeps its id through such gaps, so the face drawn in the gap is the one seen last.
+    """
+
+    def __init__(self, frames: int):
+        self.frames = frames
+        self._last: dict[int, tuple[int, Face]] = {}  # track id -> (frame seen last, face)
+
+    def faces(self, seq: int, faces: list[Face]) -> list[Face]:
+        """The faces to draw on frame ``seq``: its own, and the recently missed ones."""
+        for face in faces:
+            if face.track is not None:
+                self._last[face.track] = (seq, face)
+        self._last = {t: (s, f) for t, (s, f) in self._last.items() if 0 <= seq - s <= self.frames}
+        shown = {face.track for face in faces}
+        return faces + [face for track, (_, face) in self._last.items() if track not in shown]
+
+
 class Render(Stage):
     """Annotates frames and writes them to a video file or a window, in capture order."""
 
@@ -70,6 +94,7 @@ class Render(Stage):
     def on_start(self) -> None:
         p: RenderParams = self.params
         self._videos: dict[str, SegmentedVideo] = {}
+        self._bridges: dict[str, GapBridge] = {}
         self._lost: list[str] = []
         self.frames = 0
         if p.output == "window" and not os.environ.get("DISPLAY"):
@@ -98,7 +123,9 @@ class Render(Stage):
         p: RenderParams = self.params
         if p.output == "none" and self.live is None:
             return None
-        frame = draw_faces(msg.image, faces_of(msg), self.context.run.get("classes"), p.bars, p.legend)
+        bridge = self._bridges.setdefault(msg.stream, GapBridge(p.bridge))
+        faces = bridge.faces(msg.seq, faces_of(msg))
+        frame = draw_faces(msg.image, faces, self.context.run.get("classes"), p.bars, p.legend)
         if self.live is not None:
             self.live.state.publish(frame, msg)
         if p.output == "window":
@@ -120,6 +147,7 @@ class Render(Stage):
 
     def on_eos(self, msg: Message) -> None:
         """Finish the stream's video file: its segments, from every start of this worker, joined."""
+        self._bridges.pop(msg.stream, None)
         video = self._videos.pop(msg.stream, None)
         if video is not None:
             self._finish(video)
