@@ -43,7 +43,7 @@ def test_two_runs_are_logged_apart_with_what_they_ran(two_runs, video):
     for _, started, ended, source, sources, config, model, fingerprint, accuracy, host, version in runs:
         assert ended > started and source == str(video.resolve()) and '"kind": "file"' in sources
         assert model == "default" and len(fingerprint) == 16 and 0.6 < accuracy < 1 and host and version
-        assert "name: capture" in config and "scale_factor: 1.15" in config
+        assert "name: capture" in config and "scan_pixels: 60000" in config  # the resolved params
     assert "pacing: realtime" in runs[0][5] and "pacing: max" in runs[1][5]
     assert media[0] == pytest.approx(media[1], abs=1e-6)  # paced or not, the same media timestamps
     assert media[0][-1] == pytest.approx((CLIP_FRAMES - 1) / 30, abs=0.03)  # the container says 15.449 s
