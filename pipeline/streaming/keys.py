@@ -2,8 +2,10 @@
 
 A key directory is laid out like ``zmq.auth``'s: ``<host>.key`` holds a host's public key and
 ``<host>.key_secret`` its secret key (readable only by its owner). Each host keeps its own
-secret key and the public keys of the hosts it talks to. No socket code lives here: the keys
-go into the worker's plan at compile time, and ``transport`` puts them on the sockets.
+secret key and the public keys of the hosts it talks to. The Ray launcher, which learns only
+at start which links cross nodes, makes key pairs for the run in memory instead (``RunKeys``)
+unless the topology names a key directory. No socket code lives here: the keys go into the
+worker's plan at compile time, and ``transport`` puts them on the sockets.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
+import zmq
 import zmq.auth
 
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.streaming.topology import StageConfig
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
@@ -55,6 +62,68 @@ class CurveClient:
     server: bytes = field(repr=False)
     host: str = ""
     server_host: str = ""
+
+
+class KeySource(Protocol):
+    """Where the key pairs of a secured link come from: a key directory, or a run's own keys."""
+
+    def owner(self, stage: StageConfig, where: str) -> str:
+        """The name of the key pair ``stage`` uses (``where``: its place in the file, for errors)."""
+        ...
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        """The (public, secret) key pair ``name``."""
+        ...
+
+    def public(self, name: str) -> bytes:
+        """The public key of ``name``."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeyDirectory:
+    """Key pairs in a directory (``<host>.key``, ``<host>.key_secret``), one per host a stage names."""
+
+    path: Path
+
+    def owner(self, stage: StageConfig, where: str) -> str:
+        if stage.host is None:
+            raise ConfigError(
+                f"{where}.host: required: this stage has a tcp:// link secured with {self.path}; "
+                f"name the key pair it uses ({self.path}/<host>.key)"
+            )
+        return stage.host
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        return key_pair(self.path, name)
+
+    def public(self, name: str) -> bytes:
+        return public_key(self.path, name)
+
+
+class RunKeys:
+    """Key pairs made in memory for one run, one per stage, on first use; never written anywhere.
+
+    The Ray launcher's default: links between nodes are encrypted and authenticated without any
+    setup, and the keys are worthless once the run ends.
+    """
+
+    def __init__(self) -> None:
+        self._pairs: dict[str, tuple[bytes, bytes]] = {}
+
+    def __repr__(self) -> str:
+        return f"RunKeys({sorted(self._pairs)})"  # names only
+
+    def owner(self, stage: StageConfig, where: str) -> str:
+        return stage.name
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        if name not in self._pairs:
+            self._pairs[name] = zmq.curve_keypair()
+        return self._pairs[name]
+
+    def public(self, name: str) -> bytes:
+        return self.pair(name)[0]
 
 
 def new_key_pair(directory: str | Path, name: str, force: bool = False) -> tuple[Path, Path]:

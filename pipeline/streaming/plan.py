@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.streaming.keys import CurveClient, CurveServer, key_pair, public_key
+from pipeline.streaming.keys import CurveClient, CurveServer, KeyDirectory, KeySource
 from pipeline.streaming.stage import IMAGE, Params, Stage
 from pipeline.streaming.topology import InputConfig, Topology, worker_id
 
@@ -106,7 +107,12 @@ class WorkerPlan:
 
 
 def compile_plan(
-    topology: Topology, name: str, worker: int, local: frozenset[str] | None = None, endpoints: Endpoints | None = None
+    topology: Topology,
+    name: str,
+    worker: int,
+    local: frozenset[str] | None = None,
+    endpoints: Endpoints | None = None,
+    run_keys: KeySource | None = None,
 ) -> WorkerPlan:
     """The plan of worker ``worker`` of stage ``name``.
 
@@ -116,6 +122,7 @@ def compile_plan(
         worker: which of its workers.
         local: the stages this run starts (None: all); the others run on other hosts.
         endpoints: endpoints resolved at start (the Ray launcher), replacing those of the file.
+        run_keys: keys for the resolved tcp:// links when the topology names no key directory.
 
     Raises:
         ConfigError: a key file this worker needs is missing or unsafe (named with its place).
@@ -128,7 +135,7 @@ def compile_plan(
         workers=config.workers,
         stage_cls=cls,
         params=topology.params[name],
-        input=None if cls.is_source else _input_plan(topology, name, worker, endpoints, local),
+        input=None if cls.is_source else _input_plan(topology, name, worker, endpoints, local, run_keys),
         outputs=tuple(
             OutputPlan(
                 consumer=consumer.name,
@@ -138,7 +145,7 @@ def compile_plan(
                 codec=_codec(topology, consumer.name, link, endpoints),
                 image=topology.needs_image[consumer.name],
                 local=local is None or consumer.name in local,
-                curve=_client_keys(topology, name, consumer.name),
+                curve=_client_keys(topology, name, consumer.name, _link_keys(topology, consumer.name, endpoints, run_keys)),
             )
             for consumer, link in topology.consumers(name)
         ),
@@ -158,47 +165,69 @@ def _codec(topology: Topology, consumer: str, link: InputConfig, endpoints: Endp
     return "shm" if all(e.startswith("ipc://") for e in endpoints[consumer]) else "raw"
 
 
-def _input_plan(topology: Topology, name: str, worker: int, endpoints: Endpoints, local: frozenset[str] | None) -> InputPlan:
+def _input_plan(
+    topology: Topology, name: str, worker: int, endpoints: Endpoints, local: frozenset[str] | None, run_keys: KeySource | None
+) -> InputPlan:
     links = topology.stages[name].inputs
     leaky = any(link.policy == "drop-oldest" for link in links)
     reorder = topology.classes[name].ordered_input and topology.out_of_order[name]
+    bind = endpoints[name][worker] if name in endpoints else topology.bind_endpoints(name)[worker]
+    tcp = bind.startswith("tcp://")  # a worker of a stage fed across nodes may be fed on its own: ipc:// has no keys
     return InputPlan(
-        bind=endpoints[name][worker] if name in endpoints else topology.bind_endpoints(name)[worker],
+        bind=bind,
         hwm=max(link.hwm for link in links),
         leaky=leaky,
         shm=any(_codec(topology, name, link, endpoints) == "shm" for link in links),
         reorder_wait_s=(REORDER_WAIT_LEAKY_S if leaky else REORDER_WAIT_S) if reorder else None,
-        curve=_server_keys(topology, name),
+        curve=_server_keys(topology, name, _link_keys(topology, name, endpoints, run_keys)) if tcp else None,
         producers=tuple(link.source for link in links),
         # Producers on another host: started elsewhere with --stages, or placed on another Ray node.
-        remote=(local is not None and any(link.source not in local for link in links))
-        or (name in endpoints and endpoints[name][worker].startswith("tcp://")),
+        remote=(local is not None and any(link.source not in local for link in links)) or (name in endpoints and tcp),
     )
 
 
-def _server_keys(topology: Topology, name: str) -> CurveServer | None:
-    """A binding stage's key pair and the public keys of the hosts of its producers (Ironhouse)."""
-    keys = topology.link_keys(name)
-    if keys is None:
+def _link_keys(topology: Topology, consumer: str, endpoints: Endpoints, run_keys: KeySource | None) -> KeySource | None:
+    """Where the keys of the links into ``consumer`` come from; None: they are plain (ipc://, ``insecure: true``).
+
+    Endpoints from the file are secured as the file says (``keys``). Endpoints resolved at start
+    (Ray) are secured whenever one of them is tcp://: with the file's key directory if it names
+    one, else with the run's own keys.
+    """
+    if consumer not in endpoints:
+        keys = topology.link_keys(consumer)
+        return None if keys is None else KeyDirectory(keys)
+    stage = topology.stages[consumer]
+    if stage.insecure or not any(e.startswith("tcp://") for e in endpoints[consumer]):
         return None
-    stage = topology.stages[name]
-    with _placed(topology, name):
-        public, secret = key_pair(keys, stage.host)
-        hosts = {topology.stages[link.source].host for link in stage.inputs}
-        clients = {public_key(keys, host): host for host in sorted(hosts)}
-    return CurveServer(public, secret, clients)
+    keys = stage.keys or topology.config.keys
+    return KeyDirectory(Path(keys)) if keys else run_keys
 
 
-def _client_keys(topology: Topology, name: str, consumer: str) -> CurveClient | None:
-    """A producer's key pair and the public key its consumer's host must prove it holds."""
-    keys = topology.link_keys(consumer)
+def _owner(topology: Topology, keys: KeySource, name: str) -> str:
+    """The name of the key pair stage ``name`` uses."""
+    return keys.owner(topology.stages[name], topology.where(name))
+
+
+def _server_keys(topology: Topology, name: str, keys: KeySource | None) -> CurveServer | None:
+    """A binding stage's key pair and the public keys of its producers' pairs (Ironhouse)."""
     if keys is None:
         return None
-    host, server_host = topology.stages[name].host, topology.stages[consumer].host
+    own, clients = _owner(topology, keys, name), {_owner(topology, keys, link.source) for link in topology.stages[name].inputs}
     with _placed(topology, name):
-        public, secret = key_pair(keys, host)
-        server = public_key(keys, server_host)
-    return CurveClient(public, secret, server, host, server_host)
+        public, secret = keys.pair(own)
+        accepted = {keys.public(client): client for client in sorted(clients)}
+    return CurveServer(public, secret, accepted)
+
+
+def _client_keys(topology: Topology, name: str, consumer: str, keys: KeySource | None) -> CurveClient | None:
+    """A producer's key pair and the public key its consumer must prove it holds."""
+    if keys is None:
+        return None
+    own, server_owner = _owner(topology, keys, name), _owner(topology, keys, consumer)
+    with _placed(topology, name):
+        public, secret = keys.pair(own)
+        server = keys.public(server_owner)
+    return CurveClient(public, secret, server, own, server_owner)
 
 
 @contextmanager
@@ -210,15 +239,18 @@ def _placed(topology: Topology, name: str) -> Iterator[None]:
         raise ConfigError(f"{topology.where(name)}: {exc}") from None
 
 
-def compile_plans(topology: Topology, only: list[str] | None = None, endpoints: Endpoints | None = None) -> list[WorkerPlan]:
+def compile_plans(
+    topology: Topology, only: list[str] | None = None, endpoints: Endpoints | None = None, run_keys: KeySource | None = None
+) -> list[WorkerPlan]:
     """Plans of every worker of the stages in ``only`` (default: all), consumers first.
 
     Consumers start first so that their endpoints are bound when producers start sending.
-    ``endpoints`` replace those of the file for the stages it names (see ``Endpoints``).
+    ``endpoints`` replace those of the file for the stages it names (see ``Endpoints``); the
+    tcp:// ones among them are secured with ``run_keys`` where the file names no key directory.
     """
     local = None if only is None else frozenset(only)
     return [
-        compile_plan(topology, name, i, local, endpoints)
+        compile_plan(topology, name, i, local, endpoints, run_keys)
         for name in reversed(topology.order)
         if only is None or name in only
         for i in range(topology.stages[name].workers)

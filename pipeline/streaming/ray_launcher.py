@@ -14,8 +14,11 @@ Start-up has two phases, because a worker's endpoint depends on the node Ray put
    runs its worker in a thread. Events come back through actor calls (``poll``) rather than a
    socket, so that a driver outside the cluster (``ray://``) gets them too.
 
-CurveZMQ keys would plug in at phase 1: each consumer actor makes its key pair in ``locate`` and
-reports the public key next to its endpoint; the plans then carry it to the producers.
+Links between nodes are CurveZMQ (Ironhouse), as between hosts in a process launch: the plans
+compiled in phase 2 carry each worker's keys, with the key pairs of the topology's key directory
+(``keys: DIR``) or, without one, pairs made for the run in the driver's memory (``RunKeys``). A
+worker's plan holds only its own stage's secret key and reaches it in the ``start`` call (not
+the actor's constructor, whose arguments Ray keeps for restarts).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ray.util.placement_group import placement_group, remove_placement_group  # 
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
 
 from pipeline.errors import ConfigError, ExitCode, PipelineError  # noqa: E402
+from pipeline.streaming.keys import RunKeys  # noqa: E402
 from pipeline.streaming.launcher import Launcher, Worker  # noqa: E402
 from pipeline.streaming.placement import (  # noqa: E402
     Site,
@@ -237,7 +241,22 @@ class RayLauncher(Launcher):
         log.info("%d workers placed and their actors up in %.1f s", len(self.plans), time.monotonic() - t0)
         endpoints = resolve_endpoints(self.topology, self.sites)
         check_shm_links(self.topology, endpoints)
-        self.plans = compile_plans(self.topology, None, endpoints)
+        self.plans = compile_plans(self.topology, None, endpoints, RunKeys())
+        self._log_links()
+
+    def _log_links(self) -> None:
+        """Say how each input that crosses nodes is secured: CurveZMQ, or plain by the file's choice."""
+        for plan in self.plans:
+            if plan.input is None or not plan.input.bind.startswith("tcp://"):
+                continue
+            curve, stage = plan.input.curve, self.topology.stages[plan.stage]
+            if curve is None:
+                log.warning("%s: input at %s is plain tcp:// (insecure: true): frames cross the network unencrypted",
+                            plan.label, plan.input.bind)  # fmt: skip
+                continue
+            keys = stage.keys or self.topology.config.keys
+            log.info("%s: input at %s is CurveZMQ, accepting the keys of %s (%s)", plan.label, plan.input.bind,
+                     ", ".join(sorted(set(curve.clients.values()))), f"from {keys}" if keys else "made for this run")  # fmt: skip
 
     def _connect(self) -> None:
         # ray.init installs its own SIGTERM handler; the CLI's (stop cleanly, sinks flush) must stay.

@@ -11,7 +11,8 @@ worker runs a ZAP authenticator in its context that accepts only the client keys
 lists; the connecting side insists on the server key its plan names. Readiness (the
 handshake) and end-of-stream travel on these same sockets, so a peer without a listed key can
 neither look ready, nor send a frame, nor end a stream. ipc:// links stay on one machine and
-carry no keys; the launcher's control socket is ipc:// too.
+carry no keys, also to the workers of a secured stage that run on the producer's machine (Ray
+places workers of one stage on several nodes); the launcher's control socket is ipc:// too.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class PushLink:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to workers that are connected
             _tune_tcp(sock, endpoint, plan.policy == "drop-oldest")
-            if plan.curve is not None:
+            if plan.curve is not None and endpoint.startswith("tcp://"):
                 _secure_client(sock, plan.curve)
             self._monitors.append(sock.get_monitor_socket(_LINK_EVENTS))
             sock.connect(endpoint)
