@@ -26,13 +26,15 @@ class Site:
         node_id: Ray's node id.
         ip: the node's address (what other nodes reach it at).
         port: a free TCP port on ``ip`` that the actor holds for the worker's input (0: a source).
-        runtime: a folder on the node for ``ipc://`` sockets and progress files.
+        runtime: a folder on the node for ``ipc://`` sockets, progress files and the worker's key pair.
+        public: the public key of the worker's own CurveZMQ pair, made on the node (z85).
     """
 
     node_id: str
     ip: str
     port: int
     runtime: str
+    public: bytes = b""
 
 
 def stage_needs(stage: StageConfig) -> tuple[dict[str, float], dict[str, str]]:

@@ -60,11 +60,11 @@ for _event in _HANDSHAKE_FAILED:
     _LINK_EVENTS |= _event
 
 
-def _secure_client(sock: zmq.Socket, curve: CurveClient) -> None:
-    """Make ``sock`` a CurveZMQ client that talks only to the holder of ``curve.server``'s secret."""
+def _secure_client(sock: zmq.Socket, curve: CurveClient, worker: int) -> None:
+    """Make ``sock`` a CurveZMQ client that talks only to the holder of consumer ``worker``'s secret key."""
     sock.curve_secretkey = curve.secret
     sock.curve_publickey = curve.public
-    sock.curve_serverkey = curve.server
+    sock.curve_serverkey = curve.server_key(worker)
 
 
 def _secure_server(sock: zmq.Socket, curve: CurveServer) -> None:
@@ -150,14 +150,14 @@ class PushLink:
         # Connection events tell when consumer workers are ready (they bind only then) and when
         # they hang up. The monitor is attached before connecting, so no event is missed.
         self._monitors: list[zmq.Socket] = []
-        for endpoint in plan.endpoints:
+        for i, endpoint in enumerate(plan.endpoints):
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, plan.hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to workers that are connected
             _tune_tcp(sock, endpoint, plan.policy == "drop-oldest")
             if plan.curve is not None and endpoint.startswith("tcp://"):
-                _secure_client(sock, plan.curve)
+                _secure_client(sock, plan.curve, i)
             self._monitors.append(sock.get_monitor_socket(_LINK_EVENTS))
             sock.connect(endpoint)
             self.sockets.append(sock)

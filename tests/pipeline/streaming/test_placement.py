@@ -4,10 +4,14 @@ CurveZMQ keys of the links that cross nodes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
+import zmq
 
 from pipeline.errors import ConfigError
+from pipeline.streaming.keys import WorkerKeys, new_key_pair, public_key
 from pipeline.streaming.placement import (
     DEFAULT_CPUS,
     RESOURCE_SHARE,
@@ -18,8 +22,7 @@ from pipeline.streaming.placement import (
     stage_needs,
     wanted_port,
 )
-from pipeline.streaming.keys import RunKeys, new_key_pair, public_key
-from pipeline.streaming.plan import compile_plans
+from pipeline.streaming.plan import compile_plans, own_secret
 from pipeline.streaming.topology import load_topology
 
 CAMERA = {"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 2.0, "camera": 1.0},
@@ -41,9 +44,16 @@ def topology(tmp_path, keys: str | None = None, **changes):
 
 
 def sites(**nodes: str) -> dict[str, Site]:
-    """Worker id -> a site on node ``a`` or ``b`` (ports 7000 + position)."""
+    """Worker id -> a site on node ``a`` or ``b`` (ports 7000 + position), with a public key of its own."""
     ips = {"a": "10.0.0.1", "b": "10.0.0.2"}
-    return {wid.replace("_", ":"): Site(n, ips[n], 7000 + i, f"/tmp/run-{n}") for i, (wid, n) in enumerate(nodes.items())}
+    return {
+        wid.replace("_", ":"): Site(n, ips[n], 7000 + i, f"/tmp/run-{n}", zmq.curve_keypair()[0])
+        for i, (wid, n) in enumerate(nodes.items())
+    }
+
+
+def worker_keys(placed: dict[str, Site]) -> WorkerKeys:
+    return WorkerKeys({wid: site.public for wid, site in placed.items()})
 
 
 def test_a_stage_asks_for_its_cpus_a_share_of_its_resources_and_its_labels(tmp_path):
@@ -118,29 +128,39 @@ def test_a_port_in_the_file_is_kept_and_its_host_ignored(tmp_path):
     assert wanted_port(topo.stages["log"], 0) == 0  # any free port
 
 
-def test_links_between_ray_nodes_are_curve_with_keys_made_for_the_run(tmp_path):
-    topo, keys = topology(tmp_path), RunKeys()
-    endpoints = resolve_endpoints(topo, sites(capture_0="a", detect_0="a", detect_1="b", log_0="b"))
-    plans = {p.id: p for p in compile_plans(topo, None, endpoints, keys)}
+def test_links_between_ray_nodes_are_curve_with_each_workers_own_keys(tmp_path):
+    topo, placed = topology(tmp_path), sites(capture_0="a", detect_0="a", detect_1="b", log_0="b")
+    public = {wid: site.public for wid, site in placed.items()}
+    plans = {p.id: p for p in compile_plans(topo, None, resolve_endpoints(topo, placed), worker_keys(placed))}
     assert plans["detect:0"].input.curve is None  # fed on its own node: ipc://, no keys
-    assert plans["detect:1"].input.curve.clients == {keys.public("capture"): "capture"}
-    assert plans["log:0"].input.curve.clients == {keys.public("detect"): "detect"}
+    assert plans["detect:1"].input.curve.clients == {public["capture:0"]: "capture:0"}
+    assert plans["log:0"].input.curve.clients == {public["detect:0"]: "detect:0", public["detect:1"]: "detect:1"}
     to_detect = plans["capture:0"].outputs[0].curve
-    assert to_detect.server == keys.public("detect") and to_detect.public == keys.public("capture")
-    for plan in plans.values():  # each worker holds its own stage's secret key, and no other
-        assert _secrets(plan) == {keys.pair(plan.stage)[1]}
-        assert keys.pair(plan.stage)[1] not in repr(plan).encode()
+    assert to_detect.public == public["capture:0"] and to_detect.server_key(1) == public["detect:1"]
+    assert plans["detect:1"].outputs[0].curve.server == public["log:0"]
+    assert all(c.secret == b"" for c in _curves(plans.values())), "a secret key in a plan the driver made"
 
 
-def _secrets(plan) -> set[bytes]:
-    curves = [o.curve for o in plan.outputs] + [plan.input.curve if plan.input else None]
-    return {c.secret for c in curves if c is not None}
+def test_a_worker_puts_its_own_secret_key_into_its_plan_and_refuses_a_plan_for_another_key(tmp_path):
+    placed = sites(capture_0="a", detect_0="b", detect_1="b", log_0="a")  # every link crosses
+    pairs = {wid: zmq.curve_keypair() for wid in placed}
+    placed = {wid: replace(site, public=pairs[wid][0]) for wid, site in placed.items()}
+    topo = topology(tmp_path)
+    plans = {p.id: p for p in compile_plans(topo, None, resolve_endpoints(topo, placed), worker_keys(placed))}
+    for wid, plan in plans.items():
+        assert {c.secret for c in _curves([own_secret(plan, *pairs[wid])])} == {pairs[wid][1]}
+        assert pairs[wid][1] not in repr(own_secret(plan, *pairs[wid])).encode()
+    with pytest.raises(ValueError, match=r"detect\[1\]: its plan names another public key"):
+        own_secret(plans["detect:1"], *zmq.curve_keypair())
+
+
+def _curves(plans) -> list:
+    return [c for p in plans for c in [p.input.curve if p.input else None, *(o.curve for o in p.outputs)] if c is not None]
 
 
 def test_a_stage_that_says_insecure_stays_plain_between_ray_nodes(tmp_path):
-    topo = topology(tmp_path, log={"insecure": True})
-    endpoints = resolve_endpoints(topo, sites(capture_0="a", detect_0="a", detect_1="a", log_0="b"))
-    plans = {p.id: p for p in compile_plans(topo, None, endpoints, RunKeys())}
+    topo, placed = topology(tmp_path, log={"insecure": True}), sites(capture_0="a", detect_0="a", detect_1="a", log_0="b")
+    plans = {p.id: p for p in compile_plans(topo, None, resolve_endpoints(topo, placed), worker_keys(placed))}
     assert plans["log:0"].input.bind == "tcp://10.0.0.2:7003" and plans["log:0"].input.curve is None
     assert plans["detect:0"].outputs[0].curve is None
 
@@ -150,10 +170,11 @@ def test_a_key_directory_gives_the_ray_links_its_hosts_pairs_and_needs_host_on_e
         new_key_pair(tmp_path / "keys", host)
     hosts = {"capture": {"host": "camera"}, "detect": {"host": "camera"}, "log": {"host": "compute"}}
     topo = topology(tmp_path, **hosts, keys=str(tmp_path / "keys"))
-    endpoints = resolve_endpoints(topo, sites(capture_0="a", detect_0="a", detect_1="a", log_0="b"))
-    plans = {p.id: p for p in compile_plans(topo, None, endpoints, RunKeys())}
+    placed = sites(capture_0="a", detect_0="a", detect_1="a", log_0="b")
+    endpoints = resolve_endpoints(topo, placed)
+    plans = {p.id: p for p in compile_plans(topo, None, endpoints, worker_keys(placed))}  # the directory wins
     assert plans["log:0"].input.curve.clients == {public_key(tmp_path / "keys", "camera"): "camera"}
     assert plans["detect:0"].outputs[0].curve.server == public_key(tmp_path / "keys", "compute")
     topo = topology(tmp_path, keys=str(tmp_path / "keys"), capture={"host": "camera"}, detect={"host": "camera"})
     with pytest.raises(ConfigError, match=r"stages\[2\] \(log\)\.host: required: .* secured with"):
-        compile_plans(topo, None, endpoints, RunKeys())
+        compile_plans(topo, None, endpoints)
