@@ -4,8 +4,8 @@ A key directory is laid out like ``zmq.auth``'s: ``<host>.key`` holds a host's p
 ``<host>.key_secret`` its secret key (readable only by its owner). Each host keeps its own
 secret key and the public keys of the hosts it talks to. On Ray, unless the topology names a
 key directory, each worker makes its own pair on its node and only the public keys travel
-(``WorkerKeys``). No socket code lives here: the keys go into the
-worker's plan at compile time, and ``transport`` puts them on the sockets.
+(``WorkerKeys``). No socket code lives here: the keys go into the worker's plan at compile
+time, and ``transport`` puts them on the sockets.
 """
 
 from __future__ import annotations
