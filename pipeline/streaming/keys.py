@@ -2,8 +2,10 @@
 
 A key directory is laid out like ``zmq.auth``'s: ``<host>.key`` holds a host's public key and
 ``<host>.key_secret`` its secret key (readable only by its owner). Each host keeps its own
-secret key and the public keys of the hosts it talks to. No socket code lives here: the keys
-go into the worker's plan at compile time, and ``transport`` puts them on the sockets.
+secret key and the public keys of the hosts it talks to. On Ray, unless the topology names a
+key directory, each worker makes its own pair on its node and only the public keys travel
+(``WorkerKeys``). No socket code lives here: the keys go into the worker's plan at compile
+time, and ``transport`` puts them on the sockets.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import zmq.auth
 
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.streaming.topology import StageConfig
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
@@ -48,6 +54,8 @@ class CurveClient:
         server: the public key the consumer's host must prove it holds (z85).
         host: this host's name (whose key the server must list), for logs.
         server_host: the consumer's host, for logs.
+        servers: one server key per consumer worker, where they differ (on Ray each worker has
+            its own pair); empty: ``server`` for all.
     """
 
     public: bytes = field(repr=False)
@@ -55,6 +63,78 @@ class CurveClient:
     server: bytes = field(repr=False)
     host: str = ""
     server_host: str = ""
+    servers: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def server_key(self, worker: int) -> bytes:
+        """The public key consumer worker ``worker`` must prove it holds."""
+        return self.servers[worker] if self.servers else self.server
+
+
+class KeySource(Protocol):
+    """Where the key pairs of a secured link come from: a key directory, or the workers themselves."""
+
+    def owner(self, stage: StageConfig, worker: int, where: str) -> str:
+        """The name of the key pair a worker of ``stage`` uses (``where``: the stage's place in the file)."""
+        ...
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        """The (public, secret) key pair ``name``; an empty secret: the worker fills in its own."""
+        ...
+
+    def public(self, name: str) -> bytes:
+        """The public key of ``name``."""
+        ...
+
+
+@dataclass(frozen=True)
+class KeyDirectory:
+    """Key pairs in a directory (``<host>.key``, ``<host>.key_secret``), one per host a stage names."""
+
+    path: Path
+
+    def owner(self, stage: StageConfig, worker: int, where: str) -> str:
+        if stage.host is None:
+            raise ConfigError(
+                f"{where}.host: required: this stage has a tcp:// link secured with {self.path}; "
+                f"name the key pair it uses ({self.path}/<host>.key)"
+            )
+        return stage.host
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        return key_pair(self.path, name)
+
+    def public(self, name: str) -> bytes:
+        return public_key(self.path, name)
+
+
+@dataclass(frozen=True)
+class WorkerKeys:
+    """Key pairs each worker made for itself (the Ray launcher's default): only their public keys.
+
+    Every worker's pair is its own, made where it runs; its secret key never leaves that node.
+    The plans carry an empty secret, which the worker replaces with its own (``own_secret``).
+
+    Attributes:
+        publics: worker id (``stage:index``) -> its public key (z85).
+    """
+
+    publics: dict[str, bytes]
+
+    def owner(self, stage: StageConfig, worker: int, where: str) -> str:
+        return f"{stage.name}:{worker}"
+
+    def pair(self, name: str) -> tuple[bytes, bytes]:
+        return self.publics[name], b""
+
+    def public(self, name: str) -> bytes:
+        return self.publics[name]
+
+
+def worker_key_pair(folder: Path, name: str) -> tuple[bytes, bytes]:
+    """A worker's own pair, kept in ``folder`` (its node's run folder) so that a restart keeps it."""
+    if not (folder / f"{name}{SECRET_SUFFIX}").exists():
+        new_key_pair(folder, name)
+    return key_pair(folder, name)
 
 
 def new_key_pair(directory: str | Path, name: str, force: bool = False) -> tuple[Path, Path]:

@@ -26,13 +26,15 @@ class Site:
         node_id: Ray's node id.
         ip: the node's address (what other nodes reach it at).
         port: a free TCP port on ``ip`` that the actor holds for the worker's input (0: a source).
-        runtime: a folder on the node for ``ipc://`` sockets and progress files.
+        runtime: a folder on the node for ``ipc://`` sockets, progress files and the worker's key pair.
+        public: the public key of the worker's own CurveZMQ pair, made on the node (z85).
     """
 
     node_id: str
     ip: str
     port: int
     runtime: str
+    public: bytes = b""
 
 
 def stage_needs(stage: StageConfig) -> tuple[dict[str, float], dict[str, str]]:
@@ -82,7 +84,8 @@ def resolve_endpoints(topology: Topology, sites: Mapping[str, Site]) -> dict[str
 
     A worker binds ``ipc://`` (and gets images through shared memory) when every worker
     feeding it runs on its node, and ``tcp://`` on its node's address otherwise: one endpoint
-    per worker, so that all its producers connect to the same one.
+    per worker, so that all its producers connect to the same one. The plans secure the tcp://
+    ones with CurveZMQ (see ``compile_plans``).
     """
     endpoints: dict[str, list[str]] = {}
     for name, stage in topology.stages.items():
@@ -95,12 +98,6 @@ def resolve_endpoints(topology: Topology, sites: Mapping[str, Site]) -> dict[str
         for i in range(stage.workers):
             site = sites[worker_id(name, i)]
             local = producers == {site.node_id}
-            if not local and not stage.insecure:
-                raise ConfigError(
-                    f"{topology.where(name)}: placed on another node than its producers, its input would be plain "
-                    f"tcp://{site.ip}: links between Ray nodes are not encrypted yet; say insecure: true for it "
-                    "(a private cluster network) or pin it to its producers' node with placement"
-                )
             endpoints[name].append(f"ipc://{site.runtime}/{name}-{i}" if local else f"tcp://{site.ip}:{site.port}")
     return endpoints
 

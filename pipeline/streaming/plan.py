@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
-from pipeline.streaming.keys import CurveClient, CurveServer, key_pair, public_key
+from pipeline.streaming.keys import CurveClient, CurveServer, KeyDirectory, KeySource
 from pipeline.streaming.stage import IMAGE, Params, Stage
 from pipeline.streaming.topology import InputConfig, Topology, worker_id
 
@@ -25,6 +27,7 @@ REORDER_WAIT_LEAKY_S = 0.25  # leaky links drop frames on purpose: skip gaps qui
 # Stage name -> one endpoint per worker, found at start instead of read from the file (the Ray
 # launcher learns each worker's node only once Ray has placed it). A worker binds its own.
 Endpoints = Mapping[str, Sequence[str]]
+Curve = CurveServer | CurveClient
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,12 @@ class WorkerPlan:
 
 
 def compile_plan(
-    topology: Topology, name: str, worker: int, local: frozenset[str] | None = None, endpoints: Endpoints | None = None
+    topology: Topology,
+    name: str,
+    worker: int,
+    local: frozenset[str] | None = None,
+    endpoints: Endpoints | None = None,
+    worker_keys: KeySource | None = None,
 ) -> WorkerPlan:
     """The plan of worker ``worker`` of stage ``name``.
 
@@ -116,6 +124,7 @@ def compile_plan(
         worker: which of its workers.
         local: the stages this run starts (None: all); the others run on other hosts.
         endpoints: endpoints resolved at start (the Ray launcher), replacing those of the file.
+        worker_keys: the workers' own keys, for resolved tcp:// links when the file names no key directory.
 
     Raises:
         ConfigError: a key file this worker needs is missing or unsafe (named with its place).
@@ -128,7 +137,7 @@ def compile_plan(
         workers=config.workers,
         stage_cls=cls,
         params=topology.params[name],
-        input=None if cls.is_source else _input_plan(topology, name, worker, endpoints, local),
+        input=None if cls.is_source else _input_plan(topology, name, worker, endpoints, local, worker_keys),
         outputs=tuple(
             OutputPlan(
                 consumer=consumer.name,
@@ -138,7 +147,9 @@ def compile_plan(
                 codec=_codec(topology, consumer.name, link, endpoints),
                 image=topology.needs_image[consumer.name],
                 local=local is None or consumer.name in local,
-                curve=_client_keys(topology, name, consumer.name),
+                curve=_client_keys(
+                    topology, name, worker, consumer.name, _link_keys(topology, consumer.name, endpoints, worker_keys)
+                ),
             )
             for consumer, link in topology.consumers(name)
         ),
@@ -158,47 +169,95 @@ def _codec(topology: Topology, consumer: str, link: InputConfig, endpoints: Endp
     return "shm" if all(e.startswith("ipc://") for e in endpoints[consumer]) else "raw"
 
 
-def _input_plan(topology: Topology, name: str, worker: int, endpoints: Endpoints, local: frozenset[str] | None) -> InputPlan:
+def _input_plan(
+    topology: Topology, name: str, worker: int, endpoints: Endpoints, local: frozenset[str] | None, worker_keys: KeySource | None
+) -> InputPlan:
     links = topology.stages[name].inputs
     leaky = any(link.policy == "drop-oldest" for link in links)
     reorder = topology.classes[name].ordered_input and topology.out_of_order[name]
+    bind = endpoints[name][worker] if name in endpoints else topology.bind_endpoints(name)[worker]
+    tcp = bind.startswith("tcp://")  # a worker of a stage fed across nodes may be fed on its own: ipc:// has no keys
     return InputPlan(
-        bind=endpoints[name][worker] if name in endpoints else topology.bind_endpoints(name)[worker],
+        bind=bind,
         hwm=max(link.hwm for link in links),
         leaky=leaky,
         shm=any(_codec(topology, name, link, endpoints) == "shm" for link in links),
         reorder_wait_s=(REORDER_WAIT_LEAKY_S if leaky else REORDER_WAIT_S) if reorder else None,
-        curve=_server_keys(topology, name),
+        curve=_server_keys(topology, name, worker, _link_keys(topology, name, endpoints, worker_keys)) if tcp else None,
         producers=tuple(link.source for link in links),
         # Producers on another host: started elsewhere with --stages, or placed on another Ray node.
-        remote=(local is not None and any(link.source not in local for link in links))
-        or (name in endpoints and endpoints[name][worker].startswith("tcp://")),
+        remote=(local is not None and any(link.source not in local for link in links)) or (name in endpoints and tcp),
     )
 
 
-def _server_keys(topology: Topology, name: str) -> CurveServer | None:
-    """A binding stage's key pair and the public keys of the hosts of its producers (Ironhouse)."""
-    keys = topology.link_keys(name)
-    if keys is None:
+def _link_keys(topology: Topology, consumer: str, endpoints: Endpoints, worker_keys: KeySource | None) -> KeySource | None:
+    """Where the keys of the links into ``consumer`` come from; None: they are plain (ipc://, ``insecure: true``).
+
+    Endpoints from the file are secured as the file says (``keys``). Endpoints resolved at start
+    (Ray) are secured whenever one of them is tcp://: with the file's key directory if it names
+    one, else with the workers' own keys.
+    """
+    if consumer not in endpoints:
+        keys = topology.link_keys(consumer)
+        return None if keys is None else KeyDirectory(keys)
+    stage = topology.stages[consumer]
+    if stage.insecure or not any(e.startswith("tcp://") for e in endpoints[consumer]):
         return None
-    stage = topology.stages[name]
-    with _placed(topology, name):
-        public, secret = key_pair(keys, stage.host)
-        hosts = {topology.stages[link.source].host for link in stage.inputs}
-        clients = {public_key(keys, host): host for host in sorted(hosts)}
-    return CurveServer(public, secret, clients)
+    keys = stage.keys or topology.config.keys
+    return KeyDirectory(Path(keys)) if keys else worker_keys
 
 
-def _client_keys(topology: Topology, name: str, consumer: str) -> CurveClient | None:
-    """A producer's key pair and the public key its consumer's host must prove it holds."""
-    keys = topology.link_keys(consumer)
+def _owner(topology: Topology, keys: KeySource, name: str, worker: int) -> str:
+    """The name of the key pair worker ``worker`` of stage ``name`` uses."""
+    return keys.owner(topology.stages[name], worker, topology.where(name))
+
+
+def _owners(topology: Topology, keys: KeySource, name: str) -> list[str]:
+    """The names of the key pairs of every worker of stage ``name``."""
+    return [_owner(topology, keys, name, i) for i in range(topology.stages[name].workers)]
+
+
+def _server_keys(topology: Topology, name: str, worker: int, keys: KeySource | None) -> CurveServer | None:
+    """A binding worker's key pair and the public keys of its producers' pairs (Ironhouse)."""
     if keys is None:
         return None
-    host, server_host = topology.stages[name].host, topology.stages[consumer].host
+    own = _owner(topology, keys, name, worker)
+    clients = {owner for link in topology.stages[name].inputs for owner in _owners(topology, keys, link.source)}
     with _placed(topology, name):
-        public, secret = key_pair(keys, host)
-        server = public_key(keys, server_host)
-    return CurveClient(public, secret, server, host, server_host)
+        public, secret = keys.pair(own)
+        accepted = {keys.public(client): client for client in sorted(clients)}
+    return CurveServer(public, secret, accepted)
+
+
+def _client_keys(topology: Topology, name: str, worker: int, consumer: str, keys: KeySource | None) -> CurveClient | None:
+    """A producer worker's key pair and the public key each consumer worker must prove it holds."""
+    if keys is None:
+        return None
+    own, servers = _owner(topology, keys, name, worker), _owners(topology, keys, consumer)
+    with _placed(topology, name):
+        public, secret = keys.pair(own)
+        server_keys = tuple(keys.public(server) for server in servers)
+    server_host = servers[0] if len(set(servers)) == 1 else consumer
+    return CurveClient(public, secret, server_keys[0], own, server_host, server_keys if len(set(server_keys)) > 1 else ())
+
+
+def own_secret(plan: WorkerPlan, public: bytes, secret: bytes) -> WorkerPlan:
+    """The plan with the worker's own secret key where it was left out (``WorkerKeys``: made on its node).
+
+    Raises:
+        ValueError: the plan names another public key for this worker (its key pair was lost).
+    """
+    fill = partial(_fill_secret, public=public, secret=secret, label=plan.label)
+    inputs = replace(plan.input, curve=fill(plan.input.curve)) if plan.input is not None else None
+    return replace(plan, input=inputs, outputs=tuple(replace(o, curve=fill(o.curve)) for o in plan.outputs))
+
+
+def _fill_secret(curve: Curve | None, public: bytes, secret: bytes, label: str) -> Curve | None:
+    if curve is None or curve.secret:
+        return curve
+    if curve.public != public:
+        raise ValueError(f"{label}: its plan names another public key than the worker's own (was its key pair lost?)")
+    return replace(curve, secret=secret)
 
 
 @contextmanager
@@ -210,15 +269,18 @@ def _placed(topology: Topology, name: str) -> Iterator[None]:
         raise ConfigError(f"{topology.where(name)}: {exc}") from None
 
 
-def compile_plans(topology: Topology, only: list[str] | None = None, endpoints: Endpoints | None = None) -> list[WorkerPlan]:
+def compile_plans(
+    topology: Topology, only: list[str] | None = None, endpoints: Endpoints | None = None, worker_keys: KeySource | None = None
+) -> list[WorkerPlan]:
     """Plans of every worker of the stages in ``only`` (default: all), consumers first.
 
     Consumers start first so that their endpoints are bound when producers start sending.
-    ``endpoints`` replace those of the file for the stages it names (see ``Endpoints``).
+    ``endpoints`` replace those of the file for the stages it names (see ``Endpoints``); the
+    tcp:// ones among them are secured with ``worker_keys`` where the file names no key directory.
     """
     local = None if only is None else frozenset(only)
     return [
-        compile_plan(topology, name, i, local, endpoints)
+        compile_plan(topology, name, i, local, endpoints, worker_keys)
         for name in reversed(topology.order)
         if only is None or name in only
         for i in range(topology.stages[name].workers)

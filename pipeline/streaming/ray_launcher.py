@@ -14,8 +14,12 @@ Start-up has two phases, because a worker's endpoint depends on the node Ray put
    runs its worker in a thread. Events come back through actor calls (``poll``) rather than a
    socket, so that a driver outside the cluster (``ray://``) gets them too.
 
-CurveZMQ keys would plug in at phase 1: each consumer actor makes its key pair in ``locate`` and
-reports the public key next to its endpoint; the plans then carry it to the producers.
+Links between nodes are CurveZMQ (Ironhouse), as between hosts in a process launch. By default
+each actor makes its own key pair in phase 1, on its node, and reports only the public key with
+its site; the plans carry the public keys, and the actor puts its own secret key into its plan
+at start, so that no secret key crosses the network. With a key directory (``keys: DIR``) the
+driver reads the pairs it names and each worker's plan carries its host's secret key, in the
+``start`` call (not the actor's constructor, whose arguments Ray keeps for restarts).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from ray.util.placement_group import placement_group, remove_placement_group  # 
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
 
 from pipeline.errors import ConfigError, ExitCode, PipelineError  # noqa: E402
+from pipeline.streaming.keys import WorkerKeys, worker_key_pair  # noqa: E402
 from pipeline.streaming.launcher import Launcher, Worker  # noqa: E402
 from pipeline.streaming.placement import (  # noqa: E402
     Site,
@@ -56,7 +61,7 @@ from pipeline.streaming.placement import (  # noqa: E402
     stage_needs,
     wanted_port,
 )
-from pipeline.streaming.plan import WorkerPlan, compile_plans  # noqa: E402
+from pipeline.streaming.plan import WorkerPlan, compile_plans, own_secret  # noqa: E402
 from pipeline.streaming.runner import run_worker  # noqa: E402
 from pipeline.streaming.shm import remove_rings  # noqa: E402
 from pipeline.streaming.topology import Topology  # noqa: E402
@@ -87,6 +92,9 @@ class StageActor:
         self.incarnation = uuid.uuid4().hex
         self.runtime = Path(tempfile.gettempdir()) / f"emopipe-ray-{run_id}"
         self.runtime.mkdir(mode=0o700, exist_ok=True)
+        # Its own CurveZMQ pair, made here and kept in the node's run folder (0700; the secret file
+        # 0600) so that a restarted actor has it again; removed with the folder at the end.
+        self._keys = worker_key_pair(self.runtime, label)
         self._probe: socket.socket | None = None
         self._ctx = zmq.Context()
         self._events: zmq.Socket | None = None
@@ -101,7 +109,7 @@ class StageActor:
         return self.label  # Ray prefixes the actor's log lines with it
 
     def locate(self, port: int, needs_port: bool) -> dict[str, Any]:
-        """Where this actor runs, and a TCP port held for the worker's input until it binds.
+        """Where this actor runs, its public key, and a TCP port held for the worker's input until it binds.
 
         The port stays bound (not listening, ``SO_REUSEADDR``) so that no other worker on the
         node is given it; ZeroMQ's listener binds it beside this socket.
@@ -113,7 +121,8 @@ class StageActor:
             self._probe.bind((ip, port))
             port = self._probe.getsockname()[1]
         node = ray.get_runtime_context().get_node_id()
-        return {"node_id": node, "ip": ip, "port": port if needs_port else 0, "runtime": str(self.runtime)}
+        site = {"node_id": node, "ip": ip, "port": port if needs_port else 0, "runtime": str(self.runtime)}
+        return {**site, "public": self._keys[0]}
 
     def start(self, plan: WorkerPlan, settings: dict[str, Any]) -> dict[str, Any]:
         """Run the worker in a thread; return this process's id and incarnation."""
@@ -133,6 +142,7 @@ class StageActor:
             self._events.setsockopt(zmq.LINGER, 0)
             self._events.bind(f"ipc://{self.runtime}/control-{self.incarnation}")
         self._stop, self._code = threading.Event(), None
+        plan = own_secret(plan, *self._keys)
         self._thread = threading.Thread(target=self._run, args=(plan, settings), name=self.label, daemon=True)
         self._thread.start()
         return {"pid": os.getpid(), "incarnation": self.incarnation}
@@ -237,7 +247,24 @@ class RayLauncher(Launcher):
         log.info("%d workers placed and their actors up in %.1f s", len(self.plans), time.monotonic() - t0)
         endpoints = resolve_endpoints(self.topology, self.sites)
         check_shm_links(self.topology, endpoints)
-        self.plans = compile_plans(self.topology, None, endpoints)
+        publics = {wid: site.public for wid, site in self.sites.items()}
+        self.plans = compile_plans(self.topology, None, endpoints, WorkerKeys(publics))
+        self._log_links()
+
+    def _log_links(self) -> None:
+        """Say how each input that crosses nodes is secured: CurveZMQ, or plain by the file's choice."""
+        for plan in self.plans:
+            if plan.input is None or not plan.input.bind.startswith("tcp://"):
+                continue
+            curve, stage = plan.input.curve, self.topology.stages[plan.stage]
+            if curve is None:
+                log.warning("%s: input at %s is plain tcp:// (insecure: true): frames cross the network unencrypted",
+                            plan.label, plan.input.bind)  # fmt: skip
+                continue
+            keys = stage.keys or self.topology.config.keys
+            source = f"from {keys}" if keys else "each worker's own, made on its node"
+            accepted = ", ".join(sorted(set(curve.clients.values())))
+            log.info("%s: input at %s is CurveZMQ, accepting the keys of %s (%s)", plan.label, plan.input.bind, accepted, source)
 
     def _connect(self) -> None:
         # ray.init installs its own SIGTERM handler; the CLI's (stop cleanly, sinks flush) must stay.

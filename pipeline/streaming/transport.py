@@ -11,7 +11,8 @@ worker runs a ZAP authenticator in its context that accepts only the client keys
 lists; the connecting side insists on the server key its plan names. Readiness (the
 handshake) and end-of-stream travel on these same sockets, so a peer without a listed key can
 neither look ready, nor send a frame, nor end a stream. ipc:// links stay on one machine and
-carry no keys; the launcher's control socket is ipc:// too.
+carry no keys, also to the workers of a secured stage that run on the producer's machine (Ray
+places workers of one stage on several nodes); the launcher's control socket is ipc:// too.
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ for _event in _HANDSHAKE_FAILED:
     _LINK_EVENTS |= _event
 
 
-def _secure_client(sock: zmq.Socket, curve: CurveClient) -> None:
-    """Make ``sock`` a CurveZMQ client that talks only to the holder of ``curve.server``'s secret."""
+def _secure_client(sock: zmq.Socket, curve: CurveClient, worker: int) -> None:
+    """Make ``sock`` a CurveZMQ client that talks only to the holder of consumer ``worker``'s secret key."""
     sock.curve_secretkey = curve.secret
     sock.curve_publickey = curve.public
-    sock.curve_serverkey = curve.server
+    sock.curve_serverkey = curve.server_key(worker)
 
 
 def _secure_server(sock: zmq.Socket, curve: CurveServer) -> None:
@@ -149,14 +150,14 @@ class PushLink:
         # Connection events tell when consumer workers are ready (they bind only then) and when
         # they hang up. The monitor is attached before connecting, so no event is missed.
         self._monitors: list[zmq.Socket] = []
-        for endpoint in plan.endpoints:
+        for i, endpoint in enumerate(plan.endpoints):
             sock = ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.SNDHWM, plan.hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to workers that are connected
             _tune_tcp(sock, endpoint, plan.policy == "drop-oldest")
-            if plan.curve is not None:
-                _secure_client(sock, plan.curve)
+            if plan.curve is not None and endpoint.startswith("tcp://"):
+                _secure_client(sock, plan.curve, i)
             self._monitors.append(sock.get_monitor_socket(_LINK_EVENTS))
             sock.connect(endpoint)
             self.sockets.append(sock)
