@@ -34,6 +34,9 @@ __all__ = ["DEFAULT_CASCADE", "Detect", "DetectParams", "detect_faces", "load_ca
 class DetectParams(Params):
     cascade: str = Field(DEFAULT_CASCADE, description="a cascade name from cv2.data.haarcascades, or a path to an XML file")
     scale_factor: float = Field(1.2, gt=1.0, le=2.0, description="image pyramid step; larger is faster and misses more")
+    full_scale_factor: float = Field(
+        1.15, gt=1.0, le=2.0, description="pyramid step of full scans (image folders, mode: full): finer than video's"
+    )
     min_neighbors: int = Field(1, ge=0, le=50, description="detections that must overlap to keep a face")
     min_size: int = Field(24, ge=8, le=2000, description="smallest face side in frame pixels")
     detect_width: int | None = Field(None, ge=64, le=7680, description="search at most this resolution; None: the frame's")
@@ -104,6 +107,7 @@ def make_finder(p: DetectParams) -> FaceFinder:
         classifier=load_cascade(p.cascade),
         verifier=load_cascade(VERIFY_CASCADE) if p.verify == "alt2" else None,
         scale_factor=p.scale_factor,
+        full_scale_factor=p.full_scale_factor,
         min_neighbors=p.min_neighbors,
         min_size=p.min_size,
         detect_width=p.detect_width,

@@ -260,6 +260,8 @@ class FaceFinder:
         classifier: the detecting cascade.
         verifier: the second-look cascade (``None``: no second look).
         scale_factor, min_neighbors: the detecting cascade's settings in scans and windows.
+        full_scale_factor: the pyramid step of full scans (still images): finer than video's,
+            where a face missed at one scale is found a frame later at a slightly different one.
         min_size: the smallest face side, frame pixels.
         detect_width: search at most this resolution (``None``: the frame's own).
         budget: searched pixels per video frame for new faces.
@@ -271,6 +273,7 @@ class FaceFinder:
     classifier: cv2.CascadeClassifier
     verifier: cv2.CascadeClassifier | None = None
     scale_factor: float = 1.2
+    full_scale_factor: float = 1.15
     min_neighbors: int = 1
     min_size: int = 24
     detect_width: int | None = None
@@ -290,13 +293,13 @@ class FaceFinder:
             self._plans[key] = plan
         return self._plans[key]
 
-    def search(self, gray: np.ndarray, slices: Sequence[Slice]) -> list[Box]:
-        """Candidate boxes from these slices, one per face and plausible, not yet verified."""
+    def search(self, gray: np.ndarray, slices: Sequence[Slice], scale_factor: float | None = None) -> list[Box]:
+        """Candidate boxes from these slices, one per face and plausible, not yet verified
+        (``scale_factor``: the pyramid step, default the finder's)."""
+        step = scale_factor or self.scale_factor
         found = []
         for piece in slices:
-            found += scored_region(
-                gray, self.classifier, piece.region, piece.scale, piece.reach, self.scale_factor, self.min_neighbors
-            )
+            found += scored_region(gray, self.classifier, piece.region, piece.scale, piece.reach, step, self.min_neighbors)
         found = [(b, n) for b, n in found if plausible(b, gray.shape)]
         return suppress_duplicates([b for b, _ in found], [n for _, n in found])
 
@@ -309,7 +312,7 @@ class FaceFinder:
     def full(self, gray: np.ndarray) -> list[Box]:
         """Every face in a still image: the whole plan at once, then the second look; largest first."""
         plan = self.plan(gray.shape, rolling=False)
-        return self.confirm(gray, self.search(gray, plan.slices))
+        return self.confirm(gray, self.search(gray, plan.slices, self.full_scale_factor))
 
     def follow(self, gray: np.ndarray, predicted: Sequence[float]) -> Box | None:
         """A known face found again near ``predicted``, or ``None``.
