@@ -77,6 +77,16 @@ def test_a_still_image_gets_a_full_scan_on_its_one_frame(faces_dir):
     assert len(stage.process(frame_of(faces_dir, still=True)).fields[FACES]) == 2
 
 
+def test_full_scans_search_a_finer_pyramid_than_video(faces_dir, monkeypatch):
+    stage = started(scale_factor=1.3, full_scale_factor=1.1)
+    steps = []
+    real = stage.finder.search
+    monkeypatch.setattr(stage.finder, "search", lambda gray, slices, step=None: steps.append(step) or real(gray, slices, step))
+    stage.process(frame_of(faces_dir, still=True))
+    stage.process(frame_of(faces_dir))
+    assert steps == [1.1, None]  # the still image at 1.1; the video frame at the finder's own 1.3
+
+
 def test_full_mode_scans_every_frame_whole(faces_dir):
     stage = started(mode="full")
     assert len(stage.process(frame_of(faces_dir)).fields[FACES]) == 2
