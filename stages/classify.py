@@ -43,7 +43,7 @@ class Classify(Stage):
         """Reads ``model.json`` (once): the class names are fixed for the run from it.
 
         A model trained with the K-means channel needs a segment stage upstream, with the k
-        it was trained with.
+        it was trained with and the crop it expects.
         """
         try:
             path = resolve_model_path(params.model)
@@ -53,6 +53,9 @@ class Classify(Stage):
         k = upstream.get("segmentation_k")
         if info.segmentation and k is not None and k != info.segmentation_k:
             raise ValueError(f"model {path} was trained with segmentation k={info.segmentation_k}, the segment stage uses k={k}")
+        crop = upstream.get("crop")
+        if info.segmentation and crop is not None and crop != info.crop.as_dict():
+            raise ValueError(f"model {path} expects the crop {info.crop.as_dict()}, the segment stage cuts {crop}")
         requires = cls.requires | ({"seg"} if info.segmentation else set())
         return Contract(requires, cls.provides, {"classes": list(info.classes), "model": str(path)})
 
@@ -74,7 +77,7 @@ class Classify(Stage):
         if not faces:
             return msg
         gray = to_gray(msg.image)
-        crops = np.stack([crop_face(gray, face.box) for face in faces])
+        crops = np.stack([crop_face(gray, face.box, self.info.crop) for face in faces])
         seg = None
         if self.info.segmentation:
             seg = np.stack([segmentation_channel(self._seg(face.seg), self.info.segmentation_k) for face in faces])

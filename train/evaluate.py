@@ -49,7 +49,7 @@ def evaluate_folder(
             no_face.append(str(path))
             preds.append(-1)
             continue
-        face = crop_face(image, boxes[0])
+        face = crop_face(image, boxes[0], emotion_model.info.crop)  # as the classify stage crops
         seg = None
         if emotion_model.info.segmentation:
             from train.data import segmentation_channels
