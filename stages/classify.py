@@ -47,7 +47,7 @@ class Classify(Stage):
         """Reads ``model.json`` (once): the class names are fixed for the run from it.
 
         A model trained with the K-means channel needs a segment stage upstream, with the k
-        it was trained with.
+        it was trained with and the crop it expects.
         """
         try:
             path = resolve_model_path(params.model)
@@ -62,6 +62,9 @@ class Classify(Stage):
                 f"model {path} needs every classified face segmented: give segment the same faces_per_frame "
                 f"({upstream['segment_budget']}) as classify ({params.faces_per_frame})"
             )
+        crop = upstream.get("crop")
+        if info.segmentation and crop is not None and crop != info.crop.as_dict():
+            raise ValueError(f"model {path} expects the crop {info.crop.as_dict()}, the segment stage cuts {crop}")
         requires = cls.requires | ({"seg"} if info.segmentation else set())
         return Contract(requires, cls.provides, {"classes": list(info.classes), "model": str(path)})
 
@@ -83,7 +86,7 @@ class Classify(Stage):
         if not faces:
             return msg
         gray = to_gray(msg.image)
-        crops = np.stack([crop_face(gray, face.box) for face in faces])
+        crops = np.stack([crop_face(gray, face.box, self.info.crop) for face in faces])
         seg = None
         if self.info.segmentation:
             seg = np.stack([segmentation_channel(self._seg(face.seg), self.info.segmentation_k) for face in faces])

@@ -7,7 +7,7 @@ from pydantic import Field
 
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
-from pipeline.vision.faces import FACE_SIZE, crop_face, kmeans_in_one_thread, segment_face, to_gray
+from pipeline.vision.faces import FACE_SIZE, FER_FRAMING, crop_face, kmeans_in_one_thread, segment_face, to_gray
 from pipeline.vision.record import faces_in_budget
 
 
@@ -29,8 +29,9 @@ class Segment(Stage):
 
     @classmethod
     def contract(cls, params: SegmentParams, upstream) -> Contract:
-        # A classifier downstream checks at validation that it was trained with this k.
-        return Contract(cls.requires, cls.provides, {"segmentation_k": params.k, "segment_budget": params.faces_per_frame})
+        # A classifier downstream checks at validation that it was trained with this k and crop.
+        metadata = {"segmentation_k": params.k, "segment_budget": params.faces_per_frame, "crop": FER_FRAMING.as_dict()}
+        return Contract(cls.requires, cls.provides, metadata)
 
     def on_start(self) -> None:
         self._limits = kmeans_in_one_thread()
@@ -40,5 +41,5 @@ class Segment(Stage):
         p: SegmentParams = self.params
         gray = to_gray(msg.image)
         for face in faces_in_budget(msg, p.faces_per_frame):
-            face.seg = segment_face(crop_face(gray, face.box), p.k, p.spatial_weight)
+            face.seg = segment_face(crop_face(gray, face.box, FER_FRAMING), p.k, p.spatial_weight)
         return msg

@@ -12,7 +12,7 @@ import numpy as np
 from pipeline.errors import DataError
 from pipeline.vision.faces import crop_face, model_input
 from pipeline.vision.model import EmotionModel
-from stages.detect import detect_faces, load_cascade
+from stages.detect import Detect, DetectParams
 from train import report
 from train.data import list_image_folder, load_image_folder
 from train.train import evaluate_faces
@@ -35,7 +35,8 @@ def evaluate_folder(
         result = evaluate_faces(emotion_model, faces)
         result.update(skipped=faces.skipped, no_face=[])
         return result
-    classifier = load_cascade("haarcascade_frontalface_default.xml")
+    detector = Detect(DetectParams(), name="detect")  # the stage's own still-image path (full scan)
+    detector.on_start()
     labels, preds, no_face, skipped = [], [], [], []
     for path, label in list_image_folder(data, prefix):
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
@@ -43,13 +44,13 @@ def evaluate_folder(
             log.warning("skipping unreadable image %s", path)
             skipped.append(str(path))
             continue
-        boxes = detect_faces(image, classifier, detect_width=None)
+        boxes = detector.detect(image, still=True)
         labels.append(label)
         if not boxes:
             no_face.append(str(path))
             preds.append(-1)
             continue
-        face = crop_face(image, boxes[0])
+        face = crop_face(image, boxes[0], emotion_model.info.crop)  # as the classify stage crops
         seg = None
         if emotion_model.info.segmentation:
             from train.data import segmentation_channels

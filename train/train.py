@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.vision.emotions import EMOTIONS
-from pipeline.vision.faces import FACE_SIZE, SEGMENTATION_VERSION, model_input
+from pipeline.vision.faces import FACE_SIZE, FER_FRAMING, SEGMENTATION_VERSION, model_input
 from pipeline.vision.model import METADATA_NAME, TFLITE_NAME, EmotionModel
 from train import report
 from train.data import FaceSet, load_splits, segmentation_channels
@@ -31,7 +31,8 @@ from train.data import FaceSet, load_splits, segmentation_channels
 log = logging.getLogger(__name__)
 
 PREPROCESSING = (
-    "gray face crop resized to 48x48 (pipeline.vision.faces.crop_face), raw 0..255 float32; scaling is inside the model"
+    "gray face crop (pipeline.vision.faces.crop_face, framed as 'crop' says) resized to 48x48, raw 0..255 float32; "
+    "scaling is inside the model"
 )
 CACHE_DIR = Path(os.environ.get("EMOTION_CACHE", Path.home() / ".cache" / "emotion-pipeline"))
 
@@ -265,6 +266,8 @@ def _served_model(members: list, segmentation: dict, tflite_bytes: int, output: 
         "input_size": FACE_SIZE,
         "channels": max(int(m.input_shape[-1]) for m in members),
         "preprocessing": f"{PREPROCESSING}; {output}",
+        # Trained on FER2013's framing: serving maps a Haar box onto it (pipeline.vision.faces.FER_FRAMING).
+        "crop": FER_FRAMING.as_dict(),
         "segmentation": segmentation,
         "parameters": sum(int(m.count_params()) for m in members),
         "tflite_bytes": tflite_bytes,

@@ -399,13 +399,39 @@ def ensemble(models, data, out_dir, mirror):
 @click.option("--model", help="model directory or .tflite (default: the shipped model)")
 @click.option("--detect", is_flag=True, help="find the largest face with Haar first (uncropped photos)")
 @click.option("--prefix", help="only files whose name starts with this (e.g. PrivateTest_ in FER2013's test/)")
+@click.option(
+    "--redetect",
+    type=click.Choice(["grey", "reflect"]),
+    help="FER faces: upscale each into a canvas padded with grey or its reflection, re-detect it with Haar, "
+    "and score the pipeline's crop against FER's framing",
+)
+@click.option(
+    "--crop",
+    metavar="SCALE,DX,DY",
+    help="with --redetect: also score the Haar box mapped by this framing (default: the crop in the model's model.json)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def evaluate(data, model, detect, prefix, as_json):
+def evaluate(data, model, detect, prefix, redetect, crop, as_json):
     """Score a model on labelled images."""
     from train.evaluate import evaluate_folder
     from train.report import format_report
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    if redetect:
+        if detect:
+            raise click.UsageError("--redetect and --detect exclude each other: --redetect is for cropped FER faces")
+        from pipeline.vision.faces import Framing
+        from train.redetect import format_redetect, redetect_folder
+
+        framing = None
+        if crop:
+            try:
+                framing = Framing.from_dict(dict(zip(("scale", "dx", "dy"), (float(v) for v in crop.split(",")), strict=True)))
+            except ValueError as exc:
+                raise click.BadParameter(f"expected SCALE,DX,DY such as 1.05,0,0.02: {exc}", param_hint="--crop") from None
+        result = redetect_folder(data, model, prefix, redetect, framing)
+        click.echo(json.dumps(result) if as_json else format_redetect(result), nl=as_json)
+        return
     result = evaluate_folder(data, model, detect, prefix)
     if as_json:
         click.echo(json.dumps(result))

@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ModelError
+from pipeline.vision.faces import HAAR_BOX, Framing
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "default"
 TFLITE_NAME = "emotion.tflite"
 METADATA_NAME = "model.json"
+LEGACY_CROP = HAAR_BOX  # the crop of a model.json written before "crop" was recorded
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class ModelInfo:
     channels: int
     segmentation: bool
     segmentation_k: int
+    crop: Framing
     raw: dict[str, Any]
 
     @classmethod
@@ -45,6 +48,7 @@ class ModelInfo:
                 channels=int(raw["channels"]),
                 segmentation=bool(seg.get("enabled", False)),
                 segmentation_k=int(seg.get("k", 0)),
+                crop=Framing.from_dict(raw["crop"]) if "crop" in raw else LEGACY_CROP,
                 raw=raw,
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
