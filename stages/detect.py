@@ -50,7 +50,7 @@ class DetectParams(Params):
         60_000, ge=10_000, le=100_000_000, description="video: pixels searched per frame for new faces (sets the cycle length)"
     )
     scan_share: float = Field(
-        0.1, gt=0.0, le=1.0, description="video: at most this share of a full scan a frame (small frames cost less)"
+        0.2, gt=0.0, le=1.0, description="video: at most this share of a full scan a frame (small frames cost less)"
     )
     min_hits: int = Field(3, ge=1, le=100, description="video: frames a new face must be found on before it is reported")
     max_misses: int = Field(5, ge=0, le=1000, description="video: frames in a row a face may be missed before it is forgotten")
