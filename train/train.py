@@ -221,6 +221,7 @@ def finalize(
             "best_epoch": 1 + int(np.argmax([h["val_accuracy"] for h in history])) if history else None,
             "best_val_accuracy": round(max(h["val_accuracy"] for h in history), 4) if history else None,
             "seconds": round(sum(h.get("epoch_seconds", 0.0) for h in history), 1),
+            "cpu_seconds": round(sum(h.get("epoch_cpu_seconds", 0.0) for h in history), 1) or None,
             "images_per_second": round(float(np.median([h.get("images_per_second", 0.0) for h in history] or [0])), 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}",
         },
@@ -305,19 +306,21 @@ def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256) -> dic
 
 
 class _EpochTimer:
-    """Adds ``epoch_seconds`` and ``images_per_second`` to each epoch's logs (and so to history.csv)."""
+    """Adds ``epoch_seconds``, ``epoch_cpu_seconds`` (the process's CPU time, all threads) and
+    ``images_per_second`` to each epoch's logs (and so to history.csv, which survives resumes)."""
 
     def __new__(cls, n_images: int):
         import keras
 
         class EpochTimer(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
-                self._t = time.time()
+                self._t, self._cpu = time.time(), time.process_time()
 
             def on_epoch_end(self, epoch, logs=None):
                 seconds = time.time() - self._t
                 if logs is not None:
                     logs["epoch_seconds"] = round(seconds, 1)
+                    logs["epoch_cpu_seconds"] = round(time.process_time() - self._cpu, 1)
                     logs["images_per_second"] = round(n_images / seconds, 1)
 
         return EpochTimer()
