@@ -29,7 +29,7 @@ class Segment(Stage):
 
     @classmethod
     def contract(cls, params: SegmentParams, upstream) -> Contract:
-        # A classifier downstream checks at validation that it was trained with this k and crop.
+        # A segmentation model downstream checks at validation: its k and crop, and the same face budget.
         metadata = {"segmentation_k": params.k, "segment_budget": params.faces_per_frame, "crop": FER_FRAMING.as_dict()}
         return Contract(cls.requires, cls.provides, metadata)
 
