@@ -97,8 +97,8 @@ def join_h264(parts: list[Path], path: Path) -> int:
     import av
 
     frames, offset = 0, Fraction(0)  # offset: seconds of video already joined
-    with av.open(str(path), mode="w", options={"movflags": "+faststart"}) as out:
-        stream = None
+    out = stream = None  # opened with the first readable part: no empty file when none is
+    try:
         for part in parts:
             try:
                 source = av.open(str(part))
@@ -107,7 +107,9 @@ def join_h264(parts: list[Path], path: Path) -> int:
                 continue
             with source:
                 video = source.streams.video[0]
-                stream = stream or out.add_stream_from_template(video)
+                if out is None:
+                    out = av.open(str(path), mode="w", options={"movflags": "+faststart"})
+                    stream = out.add_stream_from_template(video)
                 shift = int(offset / video.time_base)
                 end = 0
                 for packet in source.demux(video):
@@ -119,6 +121,9 @@ def join_h264(parts: list[Path], path: Path) -> int:
                     out.mux(packet)
                     frames += 1
                 offset += end * video.time_base
+    finally:
+        if out is not None:
+            out.close()
     return frames
 
 

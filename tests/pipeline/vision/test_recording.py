@@ -43,3 +43,9 @@ def test_other_codecs_are_re_encoded(tmp_path):
     for i in range(12):
         video.write(frame(i))
     assert video.finish() == 12 and read_back(tmp_path / "annotated.avi") == list(range(12))
+
+
+def test_segments_that_are_all_unreadable_join_to_nothing(tmp_path):
+    video = SegmentedVideo(tmp_path / "annotated.mp4", "h264", 30.0)
+    (video.parts / "000-000000.mp4").write_bytes(b"\0\0\0\x18ftypisom")  # the only segment, unfinished
+    assert video.finish() == 0 and not (tmp_path / "annotated.mp4").exists()
