@@ -50,7 +50,9 @@ class Framing:
 
 
 HAAR_BOX = Framing()  # the detector's box as is: what crop_face did before the framing was recorded
-# FER2013's framing relative to a box of the detect stage (Haar, default settings), measured on the
+# FER2013's framing relative to a box of the detect stage (Haar; the figures below are from the
+# single-pyramid detector before the still-image scan; README "Faces as the pipeline sees them" has
+# today's: median side 1.027, offset 0, the same conclusion), measured on the
 # PublicTest faces Haar finds again when each is upscaled 4x into a padded canvas
 # (`run_pipeline.py evaluate --redetect grey|reflect`, train/redetect.py): FER's crop is 4.4 %
 # (grey, 2,097 faces) or 2.7 % (reflect, 2,814) wider than the box, centred within 0.003 of a
