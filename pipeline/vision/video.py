@@ -121,6 +121,8 @@ def join_h264(parts: list[Path], path: Path) -> int:
                     out.mux(packet)
                     frames += 1
                 offset += end * video.time_base
+    except av.FFmpegError as exc:  # a full disk included: render reports it as a loss (exit 1)
+        raise PipelineError(f"{path}: cannot join the video segments: {exc}") from exc
     finally:
         if out is not None:
             out.close()
