@@ -118,18 +118,23 @@ class Intruders:
     def __enter__(self) -> Intruders:
         args = ["-m", "tests.netns", "intrude", f"tcp://10.77.2.2:{SEGMENT_PORT}", str(self.seconds)]
         self.procs = {
-            "curve": start(self.host, *args, "--curve-server", self.server_key.decode()),
+            "curve": start(self.host, *args, f"--curve-server={self.server_key.decode()}"),
             "plain": start(self.host, *args),
         }
         return self
 
     def __exit__(self, *exc) -> bool:
-        for name, proc in self.procs.items():
-            try:
-                out, _ = proc.communicate(timeout=self.seconds + 60)
-            finally:
+        outputs = {}
+        try:
+            for name, proc in self.procs.items():
+                outputs[name], _ = proc.communicate(timeout=self.seconds + 60)
+        finally:  # none may outlive the test: a plain intruder would feed the next test's insecure stage
+            for proc in self.procs.values():
                 proc.kill()
-            self.results[name] = json.loads(out.strip().splitlines()[-1])
+        for name, out in outputs.items():
+            last = out.strip().splitlines()[-1:] or [""]
+            assert self.procs[name].returncode == 0 and last[0].startswith("{"), f"intruder {name!r} failed: {out[-2000:]}"
+            self.results[name] = json.loads(last[0])
         return False
 
 
