@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 1234
     limit: int | None = None  # use only the first N training images per class (quick runs, tests)
     threads: int = 0  # TensorFlow threads per op; 0 = all cores. Two runs side by side do best with 1 each.
+    quantize: bool = True  # export int8 weights (train.model.export_tflite)
     resume: bool = False
 
 
@@ -185,7 +186,7 @@ def finalize(
     import keras
     import tensorflow as tf
 
-    from train.model import build_model, export_tflite
+    from train.model import build_model, export_tflite, quantization
 
     out = Path(cfg.out)
     train_set, val_set, test_set = splits or load_splits(cfg.data)
@@ -201,7 +202,7 @@ def finalize(
     # Shipped without the optimizer state (a third of the size); resuming uses checkpoint/.
     best = keras.models.load_model(out / "emotion.keras", compile=False)
     best.save(out / "emotion.keras")
-    tflite_bytes = export_tflite([best], str(out / TFLITE_NAME))
+    tflite_bytes = export_tflite([best], str(out / TFLITE_NAME), quantize=cfg.quantize)
     history = _read_history(out / "history.csv")
     segmentation = {
         "enabled": cfg.segmentation,
@@ -211,6 +212,7 @@ def finalize(
     }
     meta = {
         **_served_model([best], segmentation, tflite_bytes, "output averages the face and its mirror image"),
+        "quantization": quantization(cfg.quantize),
         "training": {
             "config": {k: v for k, v in cfg.__dict__.items() if k not in ("out", "resume", "threads")},
             "data_fingerprint": train_set.fingerprint(),
@@ -230,7 +232,7 @@ def finalize(
     return _evaluate_and_write(out, meta, val_set, test_set)
 
 
-def export_ensemble(model_dirs: list[Path], out: Path, data: str, mirror: bool = True) -> dict:
+def export_ensemble(model_dirs: list[Path], out: Path, data: str, mirror: bool = True, quantize: bool = True) -> dict:
     """Serve several trained models as one ``.tflite`` that averages their probabilities.
 
     Members may differ in their input (with or without the segmentation channel); the
@@ -238,7 +240,7 @@ def export_ensemble(model_dirs: list[Path], out: Path, data: str, mirror: bool =
     """
     import keras
 
-    from train.model import export_tflite
+    from train.model import export_tflite, quantization
 
     metas = [json.loads((d / METADATA_NAME).read_text()) for d in model_dirs]
     segmented = [m["segmentation"] for m in metas if m["segmentation"]["enabled"]]
@@ -250,7 +252,8 @@ def export_ensemble(model_dirs: list[Path], out: Path, data: str, mirror: bool =
     averaging = "output averages the members' probabilities" + (" over the face and its mirror image" if mirror else "")
     segmentation = segmented[0] if segmented else metas[0]["segmentation"]
     meta = {
-        **_served_model(members, segmentation, export_tflite(members, str(out / TFLITE_NAME), mirror), averaging),
+        **_served_model(members, segmentation, export_tflite(members, str(out / TFLITE_NAME), mirror, quantize), averaging),
+        "quantization": quantization(quantize),
         "members": [
             {"model": str(d), **{k: m.get(k) for k in ("segmentation", "training", "validation", "evaluation")}}
             for d, m in zip(model_dirs, metas)

@@ -106,8 +106,14 @@ def scored_region(
     sides: tuple[float, float],
     scale_factor: float = 1.2,
     min_neighbors: int = 2,
+    blank: Sequence[Sequence[float]] = (),
 ) -> list[tuple[Box, int]]:
-    """``detect_region`` with each box's neighbour count (the raw windows Haar grouped into it: its score)."""
+    """``detect_region`` with each box's neighbour count (the raw windows Haar grouped into it: its score).
+
+    ``blank``: boxes (frame px) filled flat with their mean before searching: faces already
+    known there. Windows on a face pass most of a cascade's stages, so a face costs Haar many
+    times what background of its size does; a flat patch fails at the first stage.
+    """
     x0, y0, x1, y1 = (int(v) for v in region)
     x0, y0 = max(0, x0), max(0, y0)
     crop = gray[y0:y1, x0:x1]
@@ -117,6 +123,7 @@ def scored_region(
     if size != (crop.shape[1], crop.shape[0]):
         crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale > 1 else cv2.INTER_LINEAR)
     sx, sy = (x1 - x0) / size[0], (y1 - y0) / size[1]
+    crop = _blanked(crop, [((b[0] - x0) / sx, (b[1] - y0) / sy, b[2] / sx, b[3] / sy) for b in blank])
     low = max(window_size(classifier), math.floor(sides[0] / scale))
     high = 0 if math.isinf(sides[1]) else math.ceil(sides[1] / scale)  # 0: no upper bound
     if high and high < low or min(size) < low:
@@ -128,6 +135,24 @@ def scored_region(
         ([round(x0 + x * sx), round(y0 + y * sy), round(w * sx), round(h * sy)], int(n))
         for (x, y, w, h), n in zip(found, np.ravel(neighbours))
     ]
+
+
+def _blanked(image: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """``image`` with each box (its pixels) set to the box's mean; a copy if any box overlaps it."""
+    height, width = image.shape[:2]
+    spans = []
+    for x, y, w, h in boxes:
+        left, top = max(0, math.floor(x)), max(0, math.floor(y))
+        right, bottom = min(width, math.ceil(x + w)), min(height, math.ceil(y + h))
+        if right > left and bottom > top:
+            spans.append((top, bottom, left, right))
+    if not spans:
+        return image
+    image = image.copy()
+    for top, bottom, left, right in spans:
+        patch = image[top:bottom, left:right]
+        patch[:] = int(patch.mean())
+    return image
 
 
 def padded_region(box: Sequence[float], pad: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:

@@ -81,7 +81,9 @@ def test_full_scans_search_a_finer_pyramid_than_video(faces_dir, monkeypatch):
     stage = started(scale_factor=1.3, full_scale_factor=1.1)
     steps = []
     real = stage.finder.search
-    monkeypatch.setattr(stage.finder, "search", lambda gray, slices, step=None: steps.append(step) or real(gray, slices, step))
+    monkeypatch.setattr(
+        stage.finder, "search", lambda gray, slices, step=None, **kw: steps.append(step) or real(gray, slices, step, **kw)
+    )
     stage.process(frame_of(faces_dir, still=True))
     stage.process(frame_of(faces_dir))
     assert steps == [1.1, None]  # the still image at 1.1; the video frame at the finder's own 1.3

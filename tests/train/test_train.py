@@ -59,6 +59,7 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     assert meta["channels"] == 2
     assert meta["segmentation"] == {"enabled": True, "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2}
     assert meta["evaluation"]["split"] == "test (PrivateTest)" and meta["evaluation"]["n"] == 42
+    assert meta["quantization"].startswith("dynamic-range")  # int8 weights unless --no-quantize
 
     result = subprocess.run(
         [PYTHON, "run_pipeline.py", "evaluate", "--model", str(out), "--data", str(small_fer / "train"), "--json"],
@@ -91,6 +92,15 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     ensemble = json.loads((tmp_path / "ens" / "model.json").read_text())
     assert len(ensemble["members"]) == 2 and ensemble["channels"] == 2 and ensemble["evaluation"]["n"] == 42
     assert ensemble["evaluation"]["confusion"] == meta["evaluation"]["confusion"]
+
+    result = subprocess.run(
+        [PYTHON, "run_pipeline.py", "ensemble", str(out), "--data", str(small_fer), "--out", str(tmp_path / "float"),
+         "--no-quantize"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    floats = json.loads((tmp_path / "float" / "model.json").read_text())
+    assert floats["quantization"] == "none: float32" and floats["tflite_bytes"] > 3 * meta["tflite_bytes"]
 
 
 def test_interrupted_training_resumes_from_its_last_epoch(small_fer, tmp_path):

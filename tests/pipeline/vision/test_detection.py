@@ -9,6 +9,7 @@ from pipeline.vision.detection import (
     detect_region,
     load_cascade,
     plausible_boxes,
+    scored_region,
     suppress_duplicates,
     verify_faces,
     window_size,
@@ -45,6 +46,21 @@ def test_detect_region_ignores_faces_outside_its_size_band(faces_dir, cascade):
     frame = paste(background(360, 640), patch, (400, 150))
     assert detect_region(frame, cascade, (0, 0, 640, 360), scale=1.0, sides=(24, 48), min_neighbors=3) == []
     assert detect_region(frame, cascade, (0, 0, 640, 360), scale=6.0, sides=(144, np.inf), min_neighbors=3) == []
+
+
+def test_a_blanked_known_face_is_not_searched_and_the_frame_is_untouched(faces_dir, cascade):
+    patch, _ = face_patch(faces_dir, 80)
+    frame = paste(paste(background(360, 640), patch, (60, 150)), patch, (400, 150))
+    before = frame.copy()
+    both = [b for b, _ in scored_region(frame, cascade, (0, 0, 640, 360), 2.0, (48, 96), min_neighbors=3)]
+    assert len(both) == 2
+    known = max(both, key=lambda b: b[0])
+    rest = [b for b, _ in scored_region(frame, cascade, (0, 0, 640, 360), 2.0, (48, 96), 1.2, 3, blank=[known])]
+    assert rest == [min(both, key=lambda b: b[0])]  # the other face is still found
+    assert np.array_equal(frame, before)  # blanking works on a copy
+    # A region searched at scale 1 is a view of the frame: still untouched.
+    scored_region(frame, cascade, (300, 100, 560, 300), 1.0, (48, 96), 1.2, 3, blank=[known])
+    assert np.array_equal(frame, before)
 
 
 def test_verify_keeps_a_real_face_and_drops_a_box_on_texture(faces_dir, alt2):
