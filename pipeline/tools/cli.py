@@ -304,6 +304,20 @@ def list_stages():
             click.echo(f"    {field} = {info.default!r}: {info.description or ''}")
 
 
+# Options shared by `train` and `ensemble`, the two commands that export a served model.
+_QUANTIZE = click.option(
+    "--quantize/--no-quantize",
+    default=True,
+    show_default=True,
+    help="export int8 weights (a quarter of the float graph's CPU a face, same accuracy within 0.1 point)",
+)
+_SCORE_TEST = click.option(
+    "--score-test",
+    is_flag=True,
+    help="also score the test split (FER2013 PrivateTest) at the end: once, for the model you ship",
+)
+
+
 @main.command()
 @click.option("--data", required=True, type=click.Path(exists=True), help="FER2013 folder (train/, test/) or fer2013.csv")
 @click.option(
@@ -324,12 +338,8 @@ def list_stages():
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="TensorFlow threads (0: all cores)")
 @click.option("--patience", default=6, type=click.IntRange(0), help="epochs with no gain before stopping (0: never)")
 @click.option("--erase", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="random-erasing probability per face")
-@click.option(
-    "--quantize/--no-quantize",
-    default=True,
-    show_default=True,
-    help="export int8 weights (a quarter of the float graph's CPU a face, same accuracy within 0.1 point)",
-)
+@_QUANTIZE
+@_SCORE_TEST
 @click.option("--resume", is_flag=True, help="continue the unfinished run in --out from its last epoch")
 @click.option("--export-only", is_flag=True, help="only export and evaluate the finished run in --out")
 @click.option(
@@ -339,7 +349,7 @@ def list_stages():
 )
 def train(
     data, out_dir, replace_default, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, quantize,
-    resume, export_only, from_weights,
+    score_test, resume, export_only, from_weights,
 ):  # fmt: skip
     """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
     out_dir = _train_out(out_dir, replace_default, resume or export_only)
@@ -359,6 +369,7 @@ def train(
         erase=erase,
         segmentation=segmentation == "on",
         quantize=quantize,
+        score_test=score_test,
         resume=resume,
     )
     meta = finalize(cfg, weights=from_weights) if export_only else run_training(cfg)
@@ -385,18 +396,14 @@ def _train_out(out_dir: str | None, replace_default: bool, continuing: bool) -> 
 @click.option("--data", required=True, type=click.Path(exists=True), help="FER2013 folder (train/, test/) or fer2013.csv")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--mirror/--no-mirror", default=True, show_default=True, help="also average over the mirrored face")
-@click.option(
-    "--quantize/--no-quantize",
-    default=True,
-    show_default=True,
-    help="export int8 weights (a quarter of the float graph's CPU a face, same accuracy within 0.1 point)",
-)
-def ensemble(models, data, out_dir, mirror, quantize):
+@_QUANTIZE
+@_SCORE_TEST
+def ensemble(models, data, out_dir, mirror, quantize, score_test):
     """Serve several trained model directories as one model that averages their probabilities."""
     from train.train import export_ensemble
 
     _setup_logging(False)
-    meta = export_ensemble(list(models), out_dir, data, mirror, quantize)
+    meta = export_ensemble(list(models), out_dir, data, mirror, quantize, score_test)
     ev, val = meta["evaluation"], meta["validation"]
     click.echo(f"{out_dir}: validation accuracy {val['accuracy']:.4f}; {ev['split']} accuracy {ev['accuracy']:.4f}, "
                f"macro-F1 {ev['macro_f1']:.4f}, n={ev['n']}")  # fmt: skip

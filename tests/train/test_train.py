@@ -50,7 +50,7 @@ def history_epochs(out) -> list[int]:
 
 def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     out = tmp_path / "model"
-    proc = train_cli(small_fer, out, "--epochs", "1", "--segmentation", "on")
+    proc = train_cli(small_fer, out, "--epochs", "1", "--segmentation", "on", "--score-test")
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     for name in ("emotion.keras", "emotion.tflite", "model.json", "curves.png", "confusion.png", "report.txt"):
@@ -85,7 +85,8 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
 
     # An ensemble of the model with itself is served as one .tflite and scores exactly like it.
     result = subprocess.run(
-        [PYTHON, "run_pipeline.py", "ensemble", str(out), str(out), "--data", str(small_fer), "--out", str(tmp_path / "ens")],
+        [PYTHON, "run_pipeline.py", "ensemble", str(out), str(out), "--data", str(small_fer), "--out", str(tmp_path / "ens"),
+         "--score-test"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -101,6 +102,9 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     floats = json.loads((tmp_path / "float" / "model.json").read_text())
     assert floats["quantization"] == "none: float32" and floats["tflite_bytes"] > 3 * meta["tflite_bytes"]
+    # Without --score-test the test split is left alone: model choices rest on validation.
+    assert floats["evaluation"]["split"] == "validation (test split not scored)"
+    assert floats["evaluation"]["n"] == floats["validation"]["n"] == 42
 
 
 def test_interrupted_training_resumes_from_its_last_epoch(small_fer, tmp_path):
