@@ -42,7 +42,7 @@ class DetectParams(Params):
     detect_width: int | None = Field(None, ge=64, le=7680, description="search at most this resolution; None: the frame's")
     equalize: bool = Field(True, description="equalise the histogram before detecting (helps in dim light)")
     verify: Literal["alt2", "none"] = Field("alt2", description="second look at new faces with OpenCV's alt2 cascade")
-    verify_neighbors: int = Field(7, ge=0, le=50, description="min_neighbors of the second look (higher: stricter)")
+    verify_neighbors: int = Field(12, ge=0, le=50, description="min_neighbors of the second look (higher: stricter)")
     mode: Literal["video", "full"] = Field(
         "video", description="video: follow known faces, rolling scan for new ones; full: whole frame every frame"
     )

@@ -279,7 +279,7 @@ class FaceFinder:
     detect_width: int | None = None
     budget: int | None = None
     share: float = 1.0
-    verify_neighbors: int = 7
+    verify_neighbors: int = 12
     _plans: dict[tuple[int, int, bool], ScanPlan] = field(default_factory=dict, repr=False)
 
     def plan(self, shape: tuple[int, ...], rolling: bool = True) -> ScanPlan:
