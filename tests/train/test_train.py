@@ -40,6 +40,16 @@ def train_cli(data, out, *extra: str) -> subprocess.Popen:
     )
 
 
+def evaluate_cli(model, data, *extra: str) -> dict:
+    """``evaluate --json`` on a trained model; returns its scores."""
+    result = subprocess.run(
+        [PYTHON, "run_pipeline.py", "evaluate", "--model", str(model), "--data", str(data), "--json", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def history_epochs(out) -> list[int]:
     path = out / "history.csv"
     if not path.exists():
@@ -63,27 +73,13 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     assert meta["evaluation"]["split"] == "test (PrivateTest)" and meta["evaluation"]["n"] == 42
     assert meta["quantization"].startswith("dynamic-range")  # int8 weights unless --no-quantize
 
-    result = subprocess.run(
-        [PYTHON, "run_pipeline.py", "evaluate", "--model", str(out), "--data", str(small_fer / "train"), "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    scores = json.loads(result.stdout)
+    scores = evaluate_cli(out, small_fer / "train")
     assert scores["n"] == 7 * PER_CLASS
     assert 0.0 <= scores["accuracy"] <= 1.0 and len(scores["confusion"]) == 7
     assert set(scores) >= {"accuracy", "macro_f1", "n", "per_class", "confusion"}
 
     # Only the held-out split of FER2013's test/ folder (6 PrivateTest images per class).
-    result = subprocess.run(
-        [PYTHON, "run_pipeline.py", "evaluate", "--model", str(out), "--data", str(small_fer / "test"), "--prefix",
-         "PrivateTest_", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["n"] == 42
+    assert evaluate_cli(out, small_fer / "test", "--prefix", "PrivateTest_")["n"] == 42
 
     # An ensemble of the model with itself is served as one .tflite and scores exactly like it.
     result = subprocess.run(
@@ -195,10 +191,4 @@ def test_one_epoch_with_kmeans_attention_records_the_mode_and_evaluates(small_fe
     assert meta["segmentation"] == {
         "enabled": True, "mode": "attention", "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2
     }  # fmt: skip
-    result = subprocess.run(
-        [PYTHON, "run_pipeline.py", "evaluate", "--model", str(out), "--data", str(small_fer / "test"), "--prefix",
-         "PrivateTest_", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["n"] == 42
+    assert evaluate_cli(out, small_fer / "test", "--prefix", "PrivateTest_")["n"] == 42
