@@ -157,7 +157,7 @@ def test_attention_model_is_served_like_keras_with_both_channels_mirrored(fer_di
         layer.set_weights([rng.normal(0, 2, w.shape).astype(np.float32) for w in layer.get_weights()])
     logits = model.get_layer("logits")
     logits.set_weights([w * 100 for w in logits.get_weights()])
-    export_tflite([model], str(tmp_path / "emotion.tflite"))
+    export_tflite([model], str(tmp_path / "emotion.tflite"), quantize=False)  # float32: exact; int8 in the next test
     segmentation = {"enabled": True, "mode": "attention", "k": 4, "version": 2}
     (tmp_path / "model.json").write_text(
         json.dumps({"classes": list(EMOTIONS), "input_size": 48, "channels": 2, "segmentation": segmentation})
@@ -188,6 +188,7 @@ def test_one_epoch_with_kmeans_attention_records_the_mode_and_evaluates(small_fe
     assert proc.returncode == 0, output[-3000:]
     meta = json.loads((out / "model.json").read_text())
     assert meta["channels"] == 2 and meta["training"]["config"]["segmentation"] == "attention"
+    assert meta["quantization"].startswith("dynamic-range")  # the gates survive the int8 export
     assert meta["segmentation"] == {
         "enabled": True, "mode": "attention", "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2
     }  # fmt: skip
