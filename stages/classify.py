@@ -75,7 +75,7 @@ class Classify(Stage):
         if self.info.segmentation and trained_with != SEGMENTATION_VERSION:
             raise ModelError(
                 f"{self.model.path}: trained on segmentation version {trained_with}, this code makes version "
-                f"{SEGMENTATION_VERSION}; retrain it with `run_pipeline.py train --segmentation on`"
+                f"{SEGMENTATION_VERSION}; retrain it with `run_pipeline.py train --segmentation {self.info.segmentation_mode}`"
             )
         # Warm-up: the first inference sets up XNNPACK (~40 ms); do it before frames wait for it.
         size = self.info.input_size

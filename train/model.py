@@ -20,13 +20,45 @@ def _conv(x, filters: int):
     return layers.ReLU()(x)
 
 
-def build_model(channels: int, num_classes: int) -> keras.Model:
-    """Return the CNN. Input: raw 0..255 faces (N, 48, 48, channels); output: logits."""
+def kmeans_gates(seg: keras.KerasTensor) -> dict[int, keras.KerasTensor]:
+    """Spatial gates in 0..1 at 24x24 and 12x12 from the K-means segmentation channel (0..255).
+
+    Two small convolutions read the region map (which dark region lies where: eyes, brows,
+    nostrils, mouth), then one 1x1 convolution per resolution gives one value a pixel. The
+    1x1 kernels start at zero, so every gate starts as a constant 0.5, which the batch
+    normalisation after the gated features absorbs: the net starts as the gray-only net and
+    learns to use the map only if that helps. About 1 k parameters.
+    """
+    s = layers.Rescaling(1.0 / 255, name="kmeans_scale")(seg)
+    s = layers.Conv2D(8, 3, padding="same", activation="relu", name="kmeans_conv48")(s)
+    s = layers.AveragePooling2D(2, name="kmeans_pool24")(s)
+    s = layers.Conv2D(8, 3, padding="same", activation="relu", name="kmeans_conv24")(s)
+    gates = {}
+    for size in (24, 12):
+        if size == 12:
+            s = layers.AveragePooling2D(2, name="kmeans_pool12")(s)
+        gates[size] = layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer="zeros", name=f"kmeans_gate{size}")(s)
+    return gates
+
+
+def build_model(channels: int, num_classes: int, attention: bool = False) -> keras.Model:
+    """Return the CNN. Input: raw 0..255 faces (N, 48, 48, channels); output: logits.
+
+    With ``attention`` the input is gray and segmentation (``channels`` 2), and the
+    segmentation does not enter as pixels: it gates the features at 24x24 and 12x12, as
+    ``features * (1 + gate)`` (``kmeans_gates``), so a gate can stress a region but never
+    blank it.
+    """
+    if attention and channels != 2:
+        raise ValueError(f"attention needs the gray and segmentation channels (2), got {channels}")
     inputs = keras.Input((FACE_SIZE, FACE_SIZE, channels), name="face")
-    x = layers.Rescaling(1.0 / 255)(inputs)  # preprocessing lives in the model
+    gates = kmeans_gates(inputs[..., 1:]) if attention else {}
+    x = layers.Rescaling(1.0 / 255)(inputs[..., :1] if attention else inputs)  # preprocessing lives in the model
     x = _conv(x, 32)
     x = layers.MaxPooling2D()(x)  # 24x24
     for filters in (64, 128, 256):
+        if x.shape[1] in gates:
+            x = layers.Add()([x, layers.Multiply()([x, gates[x.shape[1]]])])  # x * (1 + gate)
         x = _conv(x, filters)
         x = _conv(x, filters)
         if filters != 256:
@@ -89,7 +121,8 @@ def serving_model(members: list[keras.Model], mirror: bool = True) -> keras.Mode
 
     One trained model with ``mirror`` is the usual serving graph (test-time augmentation);
     several make an ensemble. Each member reads the leading channels it was trained on (gray
-    first, then the segmentation channel). This is the graph exported to TFLite, so evaluation
+    first, then the segmentation channel; a member with K-means attention reads both, and
+    the mirror flips both alike). This is the graph exported to TFLite, so evaluation
     and serving both see it. It is built from Keras layers and exported through a SavedModel:
     converting a hand-written ``tf.function`` around the Keras 3 model gave NaN outputs in LiteRT.
     """

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.errors import DataError
 from pipeline.vision.emotions import EMOTIONS
 from pipeline.vision.faces import FACE_SIZE, FER_FRAMING, SEGMENTATION_VERSION, model_input
-from pipeline.vision.model import METADATA_NAME, TFLITE_NAME, EmotionModel
+from pipeline.vision.model import METADATA_NAME, SEGMENTATION_MODES, TFLITE_NAME, EmotionModel
 from train import report
 from train.data import FaceSet, load_splits, segmentation_channels
 
@@ -51,7 +51,7 @@ class TrainConfig:
     class_weight_power: float = 0.5  # 0: none, 1: fully balanced; 0.5 trades little accuracy for minority recall
     patience: int = 6  # epochs without a validation gain before stopping; 0 = never stop early
     erase: float = 0.0  # probability of blanking a random rectangle of each training face (random erasing)
-    segmentation: bool = False
+    segmentation: str = "off"  # K-means segmentation: "off", "on" (2nd input channel), "attention" (SEGMENTATION_MODES)
     segmentation_k: int = 4
     seed: int = 1234
     limit: int | None = None  # use only the first N training images per class (quick runs, tests)
@@ -60,9 +60,18 @@ class TrainConfig:
     score_test: bool = False  # also score the test split at the end: once, for the model you ship
     resume: bool = False
 
+    def __post_init__(self) -> None:
+        if self.segmentation not in SEGMENTATION_MODES:
+            raise ValueError(f"segmentation: must be one of {', '.join(SEGMENTATION_MODES)}, got {self.segmentation!r}")
+
+    @property
+    def channels(self) -> int:
+        """The model's input channels: gray, then the segmentation channel unless it is off."""
+        return 1 if self.segmentation == "off" else 2
+
 
 def _channels(faces: FaceSet, cfg: TrainConfig, name: str) -> np.ndarray:
-    if not cfg.segmentation:
+    if cfg.segmentation == "off":
         return model_input(faces.images)
     cache = CACHE_DIR / f"seg-v{SEGMENTATION_VERSION}-k{cfg.segmentation_k}-{name}-{faces.fingerprint()}.npy"
     t0 = time.time()
@@ -138,7 +147,7 @@ def run_training(cfg: TrainConfig) -> dict:
     val_ds = tf.data.Dataset.from_tensor_slices((x_val, tf.one_hot(val_set.labels, n_classes))).batch(256).prefetch(1)
 
     # --- model ---------------------------------------------------------------
-    model = build_model(channels, n_classes)
+    model = build_model(channels, n_classes, attention=cfg.segmentation == "attention")
     steps = cfg.epochs * int(np.ceil(len(x_train) / cfg.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(
         cfg.learning_rate / 10,
@@ -196,7 +205,7 @@ def finalize(
         train_set, val_set = _limit(train_set, cfg.limit), _limit(val_set, max(cfg.limit // 4, 8))
     if weights is not None:
         out.mkdir(parents=True, exist_ok=True)
-        model = build_model(2 if cfg.segmentation else 1, len(EMOTIONS))
+        model = build_model(cfg.channels, len(EMOTIONS), attention=cfg.segmentation == "attention")
         model.load_weights(weights)
         model.save(out / "emotion.keras")
         if (weights.parent / "history.csv").exists() and not (out / "history.csv").exists():
@@ -206,11 +215,13 @@ def finalize(
     best.save(out / "emotion.keras")
     tflite_bytes = export_tflite([best], str(out / TFLITE_NAME), quantize=cfg.quantize)
     history = _read_history(out / "history.csv")
+    enabled = cfg.segmentation != "off"
     segmentation = {
-        "enabled": cfg.segmentation,
-        "k": cfg.segmentation_k if cfg.segmentation else 0,
+        "enabled": enabled,  # the input has the segmentation channel: what serving reads
+        "mode": cfg.segmentation,  # how the model uses it
+        "k": cfg.segmentation_k if enabled else 0,
         "function": "pipeline.vision.faces.segment_face",
-        "version": SEGMENTATION_VERSION if cfg.segmentation else None,
+        "version": SEGMENTATION_VERSION if enabled else None,
     }
     meta = {
         **_served_model([best], segmentation, tflite_bytes, "output averages the face and its mirror image"),

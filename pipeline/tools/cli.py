@@ -326,10 +326,10 @@ _SCORE_TEST = click.option(
 @click.option("--replace-default", is_flag=True, help="allow --out to be the shipped models/default")
 @click.option(
     "--segmentation",
-    type=click.Choice(["on", "off"]),
+    type=click.Choice(["off", "on", "attention"]),  # pipeline.vision.model.SEGMENTATION_MODES
     default="off",
     show_default=True,
-    help="feed the K-means segmentation as a second input channel",
+    help="K-means segmentation: on = a second input channel, attention = spatial gates on the gray face's features",
 )
 @click.option("--epochs", default=24, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(1, 4096))
@@ -367,7 +367,7 @@ def train(
         threads=threads,
         patience=patience,
         erase=erase,
-        segmentation=segmentation == "on",
+        segmentation=segmentation,
         quantize=quantize,
         score_test=score_test,
         resume=resume,

@@ -23,6 +23,11 @@ DEFAULT_MODEL_DIR = PROJECT_ROOT / "models" / "default"
 TFLITE_NAME = "emotion.tflite"
 METADATA_NAME = "model.json"
 LEGACY_CROP = HAAR_BOX  # the crop of a model.json written before "crop" was recorded
+# How a model uses the K-means segmentation (`train --segmentation`, model.json "segmentation.mode"):
+# "off" not at all; "on" as a second input channel; "attention" as spatial gates on the gray face's
+# features (train/model.py). "on" and "attention" take the same input, gray then segmentation, so
+# serving treats them alike. A model.json without "mode" predates it: "on" if enabled, else "off".
+SEGMENTATION_MODES = ("off", "on", "attention")
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,9 @@ class ModelInfo:
     classes: tuple[str, ...]
     input_size: int
     channels: int
-    segmentation: bool
+    segmentation: bool  # the input has the segmentation channel (mode "on" or "attention")
     segmentation_k: int
+    segmentation_mode: str  # one of SEGMENTATION_MODES
     crop: Framing
     raw: dict[str, Any]
 
@@ -42,12 +48,18 @@ class ModelInfo:
         try:
             raw = json.loads(path.read_text())
             seg = raw.get("segmentation", {})
+            enabled = bool(seg.get("enabled", False))
+            mode = seg.get("mode", "on" if enabled else "off")
+            if mode not in SEGMENTATION_MODES or (mode != "off") != enabled:
+                raise ValueError(f"segmentation.mode: must be one of {', '.join(SEGMENTATION_MODES)} "
+                                 f"and agree with enabled={enabled}, got {mode!r}")  # fmt: skip
             return cls(
                 classes=tuple(raw["classes"]),
                 input_size=int(raw["input_size"]),
                 channels=int(raw["channels"]),
-                segmentation=bool(seg.get("enabled", False)),
+                segmentation=enabled,
                 segmentation_k=int(seg.get("k", 0)),
+                segmentation_mode=mode,
                 crop=Framing.from_dict(raw["crop"]) if "crop" in raw else LEGACY_CROP,
                 raw=raw,
             )

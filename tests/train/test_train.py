@@ -40,6 +40,16 @@ def train_cli(data, out, *extra: str) -> subprocess.Popen:
     )
 
 
+def evaluate_cli(model, data, *extra: str) -> dict:
+    """``evaluate --json`` on a trained model; returns its scores."""
+    result = subprocess.run(
+        [PYTHON, "run_pipeline.py", "evaluate", "--model", str(model), "--data", str(data), "--json", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def history_epochs(out) -> list[int]:
     path = out / "history.csv"
     if not path.exists():
@@ -57,31 +67,19 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
         assert (out / name).exists(), name
     meta = json.loads((out / "model.json").read_text())
     assert meta["channels"] == 2
-    assert meta["segmentation"] == {"enabled": True, "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2}
+    assert meta["segmentation"] == {
+        "enabled": True, "mode": "on", "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2
+    }  # fmt: skip
     assert meta["evaluation"]["split"] == "test (PrivateTest)" and meta["evaluation"]["n"] == 42
     assert meta["quantization"].startswith("dynamic-range")  # int8 weights unless --no-quantize
 
-    result = subprocess.run(
-        [PYTHON, "run_pipeline.py", "evaluate", "--model", str(out), "--data", str(small_fer / "train"), "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    scores = json.loads(result.stdout)
+    scores = evaluate_cli(out, small_fer / "train")
     assert scores["n"] == 7 * PER_CLASS
     assert 0.0 <= scores["accuracy"] <= 1.0 and len(scores["confusion"]) == 7
     assert set(scores) >= {"accuracy", "macro_f1", "n", "per_class", "confusion"}
 
     # Only the held-out split of FER2013's test/ folder (6 PrivateTest images per class).
-    result = subprocess.run(
-        [PYTHON, "run_pipeline.py", "evaluate", "--model", str(out), "--data", str(small_fer / "test"), "--prefix",
-         "PrivateTest_", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["n"] == 42
+    assert evaluate_cli(out, small_fer / "test", "--prefix", "PrivateTest_")["n"] == 42
 
     # An ensemble of the model with itself is served as one .tflite and scores exactly like it.
     result = subprocess.run(
@@ -127,3 +125,71 @@ def test_interrupted_training_resumes_from_its_last_epoch(small_fer, tmp_path):
     assert resumed.returncode == 0, output[-3000:]
     assert history_epochs(out) == [0, 1, 2]  # continued, not restarted
     assert not (out / "checkpoint").exists() and (out / "emotion.tflite").exists()
+
+
+def _fer_faces(fer_dir, n: int = 3):
+    """A few real FER2013 faces (gray, uint8) from different classes, and their K-means channels."""
+    import numpy as np
+
+    from train.data import read_face, segmentation_channels
+
+    paths = [sorted((fer_dir / "test" / name).glob("PublicTest_*"))[0] for name in ("happy", "surprise", "sad")[:n]]
+    faces = np.stack([read_face(p) for p in paths])
+    return faces, segmentation_channels(faces, 4)
+
+
+def test_attention_model_is_served_like_keras_with_both_channels_mirrored(fer_dir, tmp_path):
+    import keras
+    import numpy as np
+
+    from pipeline.vision.emotions import EMOTIONS
+    from pipeline.vision.faces import model_input
+    from pipeline.vision.model import EmotionModel
+    from train.model import build_model, export_tflite
+
+    keras.utils.set_random_seed(0)
+    model = build_model(2, len(EMOTIONS), attention=True)
+    # The gates start constant (zero kernels): give them weights so the K-means map matters here,
+    # and sharpen the logits so that an untrained net's probabilities are not all close to 1/7.
+    rng = np.random.default_rng(0)
+    for size in (24, 12):
+        layer = model.get_layer(f"kmeans_gate{size}")
+        layer.set_weights([rng.normal(0, 2, w.shape).astype(np.float32) for w in layer.get_weights()])
+    logits = model.get_layer("logits")
+    logits.set_weights([w * 100 for w in logits.get_weights()])
+    export_tflite([model], str(tmp_path / "emotion.tflite"), quantize=False)  # float32: exact; int8 in the next test
+    segmentation = {"enabled": True, "mode": "attention", "k": 4, "version": 2}
+    (tmp_path / "model.json").write_text(
+        json.dumps({"classes": list(EMOTIONS), "input_size": 48, "channels": 2, "segmentation": segmentation})
+    )
+    served = EmotionModel(tmp_path)
+    assert served.info.segmentation and served.info.segmentation_mode == "attention"
+
+    faces, seg = _fer_faces(fer_dir)
+    x = model_input(faces, seg)
+
+    def keras_probs(view: np.ndarray) -> np.ndarray:
+        return keras.ops.convert_to_numpy(keras.ops.softmax(model(view)))
+
+    mirrored = x[:, :, ::-1, :]  # gray and segmentation flipped together
+    expected = (keras_probs(x) + keras_probs(mirrored)) / 2
+    np.testing.assert_allclose(served.predict(x), expected, rtol=0, atol=1e-6)
+    # The segmentation is used, and a mirror of the gray face alone would be another model: both
+    # differ from the served output by far more than the 1e-6 it is allowed to differ from Keras.
+    assert np.abs(served.predict(model_input(faces, np.zeros_like(seg))) - expected).max() > 1e-4
+    gray_only = np.concatenate([mirrored[..., :1], x[..., 1:]], axis=-1)
+    assert np.abs((keras_probs(x) + keras_probs(gray_only)) / 2 - expected).max() > 1e-4
+
+
+def test_one_epoch_with_kmeans_attention_records_the_mode_and_evaluates(small_fer, tmp_path):
+    out = tmp_path / "model"
+    proc = train_cli(small_fer, out, "--epochs", "1", "--segmentation", "attention")
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["channels"] == 2 and meta["training"]["config"]["segmentation"] == "attention"
+    assert meta["quantization"].startswith("dynamic-range")  # the gates survive the int8 export
+    assert meta["segmentation"] == {
+        "enabled": True, "mode": "attention", "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2
+    }  # fmt: skip
+    assert evaluate_cli(out, small_fer / "test", "--prefix", "PrivateTest_")["n"] == 42

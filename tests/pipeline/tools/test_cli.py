@@ -41,6 +41,20 @@ def test_train_never_writes_over_the_shipped_model_unasked(tmp_path):
     assert _train_out(str(ROOT / "models" / "default"), True, False) == str(ROOT / "models" / "default")
 
 
+def test_train_refuses_an_unknown_segmentation_mode_clearly(tmp_path):
+    from pipeline.vision.model import SEGMENTATION_MODES
+    from train.train import TrainConfig
+
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--segmentation", "gate"])
+    assert result.exit_code == ExitCode.CONFIG
+    assert "'gate' is not one of 'off', 'on', 'attention'" in result.output
+    option = next(p for p in main.commands["train"].params if p.name == "segmentation")
+    assert tuple(option.type.choices) == SEGMENTATION_MODES
+    with pytest.raises(ValueError, match="segmentation: must be one of off, on, attention, got 'gate'"):
+        TrainConfig(data=str(tmp_path), out=str(tmp_path), segmentation="gate")
+    assert TrainConfig(data=str(tmp_path), out=str(tmp_path), segmentation="attention").channels == 2
+
+
 def test_train_writes_to_a_new_folder_under_runs_by_default():
     assert _train_out(None, False, False).startswith("runs/train-")
     with pytest.raises(PipelineError, match="name it with --out"):

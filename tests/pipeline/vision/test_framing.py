@@ -1,10 +1,12 @@
-"""The crop a model expects, made from a detector box: geometry, frame edges, model.json."""
+"""The crop a model expects, made from a detector box: geometry, frame edges, model.json (and
+what model.json says about the K-means segmentation)."""
 
 import json
 
 import numpy as np
 import pytest
 
+from pipeline.errors import ModelError
 from pipeline.vision.faces import FER_FRAMING, HAAR_BOX, Framing, crop_face, framed_box
 from pipeline.vision.model import LEGACY_CROP, ModelInfo
 from train.redetect import fer_canvas, framing_of
@@ -69,3 +71,17 @@ def test_model_json_records_the_crop_and_old_files_get_the_legacy_one(tmp_path):
     assert FER_FRAMING == HAAR_BOX  # measured: FER's framing is the Haar box (faces.py says how)
     with pytest.raises(Exception, match="out of range"):
         _info(tmp_path, crop={"scale": 9})
+
+
+def test_model_json_records_how_the_segmentation_is_used_and_old_files_read_as_on_or_off(tmp_path):
+    def seg(**fields) -> ModelInfo:
+        return _info(tmp_path, segmentation={"k": 4, **fields})
+
+    assert (seg().segmentation, seg().segmentation_mode) == (False, "off")
+    assert (seg(enabled=True).segmentation, seg(enabled=True).segmentation_mode) == (True, "on")  # before "mode"
+    attention = seg(enabled=True, mode="attention")
+    assert attention.segmentation and attention.segmentation_mode == "attention"  # served with the channel, like "on"
+    with pytest.raises(ModelError, match="segmentation.mode: must be one of off, on, attention"):
+        seg(enabled=True, mode="gate")
+    with pytest.raises(ModelError, match="agree with enabled=False"):
+        seg(enabled=False, mode="attention")
