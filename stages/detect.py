@@ -55,6 +55,9 @@ class DetectParams(Params):
     min_hits: int = Field(3, ge=1, le=100, description="video: frames a new face must be found on before it is reported")
     max_misses: int = Field(5, ge=0, le=1000, description="video: frames in a row a face may be missed before it is forgotten")
     hold: int = Field(0, ge=0, le=100, description="video: frames a face is still reported, where predicted, while missed")
+    follow_per_frame: int | None = Field(
+        4, ge=1, le=1000, description="video: known faces searched again a frame, in turns (None: all); others move as predicted"
+    )
 
     @field_validator("cascade")
     @classmethod
@@ -94,7 +97,7 @@ class Detect(Stage):
             return self.finder.full(gray)
         scanner = self._scanners.get(stream)
         if scanner is None:
-            scanner = self._scanners[stream] = VideoScanner(self.finder, p.min_hits, p.max_misses, p.hold)
+            scanner = self._scanners[stream] = VideoScanner(self.finder, p.min_hits, p.max_misses, p.hold, p.follow_per_frame)
         return scanner.step(gray)
 
     def on_eos(self, msg: Message) -> None:

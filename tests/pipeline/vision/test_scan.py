@@ -132,3 +132,20 @@ def test_a_face_that_leaves_is_forgotten(faces_dir, finder):
     run(scanner, [paste(back, patch, (300, 100))] * 3)
     assert len(scanner.faces) == 1
     assert run(scanner, [back] * 4)[-1] == [] and scanner.faces == []
+
+
+def test_a_crowd_takes_turns_within_the_follow_budget_and_every_face_stays_reported(faces_dir, finder, monkeypatch):
+    patch, _ = face_patch(faces_dir, 48)
+    frame = background(360, 640, seed=5)
+    for k in range(6):
+        frame = paste(frame, patch, (20 + 100 * k, 40 + 150 * (k % 2)))
+    scanner = VideoScanner(FaceFinder(finder.classifier, finder.verifier, budget=None), min_hits=1, follow_budget=2)
+    run(scanner, [frame])  # the first frame's full scan finds all six
+    assert len(scanner.faces) == 6
+    searched = []
+    real = scanner.finder.follow
+    monkeypatch.setattr(scanner.finder, "follow", lambda gray, box: searched.append(box) or real(gray, box))
+    reported = run(scanner, [frame] * 6)
+    assert len(searched) == 2 * 6  # two windows a frame, whatever the crowd
+    assert all(len(boxes) == 6 for boxes in reported)  # the four waiting faces stay where predicted
+    assert all(f.waited <= 2 for f in scanner.faces)  # turns: each face searched every third frame
