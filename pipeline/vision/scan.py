@@ -8,12 +8,14 @@ can wait a few frames before it is found. So, per stream:
 
 - **known faces** are looked for again in a window around where they are expected (last
   box moved by its velocity, padded by half its width), scaled so the face is ~48 px: a
-  few hundred pixels to search whatever the face's size or the frame's resolution;
+  few hundred pixels to search whatever the face's size or the frame's resolution; at most
+  ``follow_budget`` windows a frame, in turns, the others moving as predicted;
 - **new faces** are looked for by a rolling scan: the full scan is cut into slices (size
   bands, each searched on a copy shrunk so its smallest face spans the cascade's window,
   split into overlapping tiles), and each frame searches slices worth ``budget`` pixels,
   shared between the bands so that large faces (cheap) come round within a few frames and
-  the smallest within ``ScanPlan.cycle`` frames. Every frame costs about the same: no spikes;
+  the smallest within ``ScanPlan.cycle`` frames. Every frame costs about the same: no spikes.
+  Faces found again this frame are blanked out of the scan's copies;
 - a **new candidate** must pass the precision filters once (plausible geometry, a second
   cascade) and then be found again in its window on ``min_hits`` frames before it is
   reported: chance patterns rarely persist, and known faces cost nothing to confirm.
