@@ -118,7 +118,7 @@ class Intruders:
     def __enter__(self) -> Intruders:
         args = ["-m", "tests.netns", "intrude", f"tcp://10.77.2.2:{SEGMENT_PORT}", str(self.seconds)]
         self.procs = {
-            "curve": start(self.host, *args, f"--curve-server={self.server_key.decode()}"),
+            "curve": start(self.host, *args, f"--curve-server={self.server_key.decode()}"),  # a key may start with "-"
             "plain": start(self.host, *args),
         }
         return self

@@ -176,7 +176,7 @@ def intruders(cluster: RayCluster, endpoint: str, server_key: bytes, seconds: fl
     args = [*cluster.prefix, PYTHON, "-m", "tests.netns", "intrude", endpoint, str(seconds)]
     return {
         name: subprocess.Popen(args + extra, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name, extra in (("curve", ["--curve-server", server_key.decode()]), ("plain", []))
+        for name, extra in (("curve", [f"--curve-server={server_key.decode()}"]), ("plain", []))  # a key may start with "-"
     }
 
 
