@@ -33,6 +33,7 @@ from pipeline.streaming.transport import FINISH_TIMEOUT_S, POLL_MS, Control, Pul
 log = logging.getLogger(__name__)
 
 STATS_EVERY_S = 1.0
+ORPHAN_CHECK_S = 0.2
 LOUD_ERRORS = 20  # per-frame errors logged one by one; after that, one in QUIET_EVERY
 QUIET_EVERY = 1000
 
@@ -57,10 +58,11 @@ def run_worker(
     if in_process:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C for the group
+        _stop_when_orphaned(stop)
     stage: Stage = plan.stage_cls(plan.params, name=plan.stage, context=_context(plan, settings))
     ctx = zmq.Context()
     control = Control(ctx, control_endpoint, plan.stage, plan.worker)
-    loop = _Loop(plan, stage, Outbound(ctx, plan.outputs, stop, plan.label), control, stop, in_process)
+    loop = _Loop(plan, stage, Outbound(ctx, plan.outputs, stop, plan.label), control, stop)
     inp: PullInput | None = None
     finished = False
     try:
@@ -98,6 +100,21 @@ def run_worker(
             inp.close()
         control.close()
         ctx.term()
+
+
+def _stop_when_orphaned(stop: threading.Event) -> None:
+    """Set ``stop`` once the launcher is gone without stopping us (kill -9): every wait in the
+    worker (a send to a consumer that already left, the wait for consumers to hang up) ends on
+    ``stop``, so the worker exits within ``ORPHAN_CHECK_S`` instead of after the waits' bounds."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(ORPHAN_CHECK_S):
+            if os.getppid() != parent:
+                log.warning("launcher (process %d) gone; stopping", parent)
+                stop.set()
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def _context(plan: WorkerPlan, settings: dict[str, Any]) -> StageContext:
@@ -207,18 +224,17 @@ def _problem(msg: Message, plan: WorkerPlan, open_streams: dict[str, int]) -> st
 class _Loop:
     """Receive, process, send: the lifecycle of every frame in one worker."""
 
-    def __init__(self, plan: WorkerPlan, stage: Stage, outbound: Outbound, control: Control, stop, in_process: bool):
+    def __init__(self, plan: WorkerPlan, stage: Stage, outbound: Outbound, control: Control, stop):
         self.plan, self.stage, self.outbound, self.stop = plan, stage, outbound, stop
         self.metrics, self.shared = StageMetrics(plan.stage, plan.worker), SharedFrames()
         self.report = _Reporter(plan.label, self.metrics, control, self.shared)
         self.reorder = ReorderBuffer(REORDER_CAPACITY, wait) if (wait := plan.input and plan.input.reorder_wait_s) else None
         self.waiting = {s: set(p) for s, p in plan.producers.items()}  # stream -> workers whose end-of-stream is due
-        self.parent = os.getppid() if in_process else None
 
     def run_source(self, count: int, progress: Path | None) -> None:
         frames = iter(self.stage.generate())
         self.metrics.first_frame()
-        while not self._stopping() and (msg := self._generate(frames)) is not None:
+        while not self.stop.is_set() and (msg := self._generate(frames)) is not None:
             msg.stream, msg.seq, count = self.plan.stream, count, count + 1
             self._send(msg)
             if progress is not None:
@@ -232,7 +248,7 @@ class _Loop:
             return next(frames, None)
 
     def run_stage(self, inp: PullInput) -> None:
-        while self.waiting and not self._stopping():
+        while self.waiting and not self.stop.is_set():
             msg = inp.next(POLL_MS)
             if msg is not None:
                 self._on_eos(msg) if msg.is_eos else self._on_frame(msg)
@@ -281,6 +297,3 @@ class _Loop:
     def _send(self, msg: Message) -> None:
         msg.stamps[self.plan.stage] = time.time()
         self.metrics.sent(*self.outbound.send(msg), sink=not self.outbound.links)
-
-    def _stopping(self) -> bool:  # stop requested, or the launcher died without stopping us (kill -9)
-        return self.stop.is_set() or self.parent not in (None, os.getppid())

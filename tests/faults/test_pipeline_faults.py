@@ -100,14 +100,25 @@ def test_past_the_restart_limit_the_run_fails_and_says_why(video, model_dir, tmp
     assert not leftovers(started_pids(output))
 
 
-def test_a_killed_launcher_takes_its_workers_and_leaves_nothing_behind(video, model_dir, tmp_path):
-    proc = start_cli("run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path))
+# pacing max: the source runs ahead, so workers are caught waiting for a full ring or a full queue of a
+# consumer that has already left (those waits once ran to their 30 s and 60 s bounds).
+@pytest.mark.parametrize("pacing", ["realtime", "max"])
+def test_a_killed_launcher_takes_its_workers_and_leaves_nothing_behind(pacing, video, model_dir, tmp_path):
+    proc = start_cli(
+        "run", "configs/local.yaml", "--source", str(video), "--out", str(tmp_path), "--set", f"capture.pacing={pacing}"
+    )
     lines: list[str] = []
     wait_for(proc, r"capture: started", lines)
     time.sleep(3)
     proc.kill()
-    proc.communicate(timeout=30)
-    pids = started_pids("".join(lines))
+    t0, pids = time.monotonic(), started_pids("".join(lines))
+    try:
+        proc.communicate(timeout=30)  # EOF once every worker, holding the launcher's stdout, has exited
+    except subprocess.TimeoutExpired:
+        for pid in filter(_alive, pids):  # not into the next tests
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail("workers still running 30 s after their launcher was killed")
+    print(f"launcher killed: its workers gone after {time.monotonic() - t0:.1f} s")
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
