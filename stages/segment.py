@@ -1,4 +1,4 @@
-"""Segment: K-means regions (eyes, brows, mouth...) of each face, with scikit-learn."""
+"""Segment: K-means regions (eyes, brows, mouth...) of each face, with OpenCV's K-means."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pydantic import Field
 
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
-from pipeline.vision.faces import FACE_SIZE, FER_FRAMING, crop_face, kmeans_in_one_thread, segment_face, to_gray
+from pipeline.vision.faces import FACE_SIZE, FER_FRAMING, crop_face, segment_face, to_gray
 from pipeline.vision.record import faces_in_budget
 
 
@@ -34,8 +34,7 @@ class Segment(Stage):
         return Contract(cls.requires, cls.provides, metadata)
 
     def on_start(self) -> None:
-        self._limits = kmeans_in_one_thread()
-        segment_face(np.zeros((FACE_SIZE, FACE_SIZE), np.uint8), self.params.k)  # warm-up: the first fit is slow
+        segment_face(np.zeros((FACE_SIZE, FACE_SIZE), np.uint8), self.params.k)  # warm-up: the first call is slow
 
     def process(self, msg: Message) -> Message:
         p: SegmentParams = self.params

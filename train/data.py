@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.vision.emotions import EMOTIONS, IMAGE_SUFFIXES
-from pipeline.vision.faces import FACE_SIZE, kmeans_in_one_thread, segment_face, segmentation_channel
+from pipeline.vision.faces import FACE_SIZE, segment_face, segmentation_channel
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,7 @@ def segmentation_channels(images: np.ndarray, k: int, cache: Path | None = None)
         cached = np.load(cache)
         if cached.shape == images.shape:
             return cached
-    with kmeans_in_one_thread():
-        out = np.stack([segmentation_channel(segment_face(face, k), k) for face in images])
+    out = np.stack([segmentation_channel(segment_face(face, k), k) for face in images])
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, out)

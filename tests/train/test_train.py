@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from pipeline.vision.faces import SEGMENTATION_VERSION
 from tests.conftest import PYTHON, ROOT
 
 pytestmark = pytest.mark.training
@@ -68,7 +69,7 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     meta = json.loads((out / "model.json").read_text())
     assert meta["channels"] == 2
     assert meta["segmentation"] == {
-        "enabled": True, "mode": "on", "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2
+        "enabled": True, "mode": "on", "k": 4, "function": "pipeline.vision.faces.segment_face", "version": SEGMENTATION_VERSION
     }  # fmt: skip
     assert meta["evaluation"]["split"] == "test (PrivateTest)" and meta["evaluation"]["n"] == 42
     assert meta["quantization"].startswith("dynamic-range")  # int8 weights unless --no-quantize
@@ -158,7 +159,7 @@ def test_attention_model_is_served_like_keras_with_both_channels_mirrored(fer_di
     logits = model.get_layer("logits")
     logits.set_weights([w * 100 for w in logits.get_weights()])
     export_tflite([model], str(tmp_path / "emotion.tflite"), quantize=False)  # float32: exact; int8 in the next test
-    segmentation = {"enabled": True, "mode": "attention", "k": 4, "version": 2}
+    segmentation = {"enabled": True, "mode": "attention", "k": 4, "version": SEGMENTATION_VERSION}
     (tmp_path / "model.json").write_text(
         json.dumps({"classes": list(EMOTIONS), "input_size": 48, "channels": 2, "segmentation": segmentation})
     )
@@ -190,6 +191,7 @@ def test_one_epoch_with_kmeans_attention_records_the_mode_and_evaluates(small_fe
     assert meta["channels"] == 2 and meta["training"]["config"]["segmentation"] == "attention"
     assert meta["quantization"].startswith("dynamic-range")  # the gates survive the int8 export
     assert meta["segmentation"] == {
-        "enabled": True, "mode": "attention", "k": 4, "function": "pipeline.vision.faces.segment_face", "version": 2
+        "enabled": True, "mode": "attention", "k": 4,
+        "function": "pipeline.vision.faces.segment_face", "version": SEGMENTATION_VERSION,
     }  # fmt: skip
     assert evaluate_cli(out, small_fer / "test", "--prefix", "PrivateTest_")["n"] == 42
