@@ -136,6 +136,31 @@ def _progress_file(plan: WorkerPlan, settings: dict[str, Any]) -> Path | None:
     return Path(state) / f"{plan.id}.emitted" if state else None
 
 
+class _Progress:
+    """A source's count of emitted frames in its progress file, rewritten in place after every frame.
+
+    One open file and a ``pwrite`` of a fixed-width number: rewriting the file by name (open,
+    truncate, close) cost ~0.1 ms of CPU a frame and made ext4 start a write-back every time.
+    The number is written in one call before the next frame, so a killed source leaves the
+    last count whole.
+    """
+
+    WIDTH = 20  # digits and padding: the count never needs more
+
+    def __init__(self, path: Path | None, count: int):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644) if path is not None else None
+        self.record(count)  # whatever an earlier run left there is overwritten from the start
+
+    def record(self, count: int) -> None:
+        if self.fd is not None:
+            os.pwrite(self.fd, f"{count:>{self.WIDTH}}".encode(), 0)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def _resume(stage: Stage, plan: WorkerPlan, settings: dict[str, Any]) -> int:
     """The number a restarted source continues at (0 on a first start)."""
     path = _progress_file(plan, settings)
@@ -231,15 +256,18 @@ class _Loop:
         self.reorder = ReorderBuffer(REORDER_CAPACITY, wait) if (wait := plan.input and plan.input.reorder_wait_s) else None
         self.waiting = {s: set(p) for s, p in plan.producers.items()}  # stream -> workers whose end-of-stream is due
 
-    def run_source(self, count: int, progress: Path | None) -> None:
+    def run_source(self, count: int, progress_file: Path | None) -> None:
         frames = iter(self.stage.generate())
         self.metrics.first_frame()
-        while not self.stop.is_set() and (msg := self._generate(frames)) is not None:
-            msg.stream, msg.seq, count = self.plan.stream, count, count + 1
-            self._send(msg)
-            if progress is not None:
-                progress.write_text(str(count))
-            self.report.tick()
+        progress = _Progress(progress_file, count)
+        try:
+            while not self.stop.is_set() and (msg := self._generate(frames)) is not None:
+                msg.stream, msg.seq, count = self.plan.stream, count, count + 1
+                self._send(msg)
+                progress.record(count)
+                self.report.tick()
+        finally:
+            progress.close()
         if not self.stop.is_set():
             self.outbound.broadcast(Message.eos(self.plan.stream, count, self.plan.id))
 
