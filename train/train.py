@@ -24,7 +24,15 @@ import numpy as np
 from pipeline.errors import DataError
 from pipeline.vision.emotions import EMOTIONS
 from pipeline.vision.faces import FACE_SIZE, FER_FRAMING, SEGMENTATION_VERSION, model_input
-from pipeline.vision.model import METADATA_NAME, SEGMENTATION_MODES, TFLITE_NAME, EmotionModel
+from pipeline.vision.model import (
+    METADATA_NAME,
+    SEGMENTATION_MODES,
+    TFLITE_NAME,
+    EmotionModel,
+    ModelInfo,
+    model_facts,
+    resolve_model_path,
+)
 from train import report
 from train.data import FaceSet, load_splits, segmentation_channels
 
@@ -53,6 +61,9 @@ class TrainConfig:
     erase: float = 0.0  # probability of blanking a random rectangle of each training face (random erasing)
     segmentation: str = "off"  # K-means segmentation: "off", "on" (2nd input channel), "attention" (SEGMENTATION_MODES)
     segmentation_k: int = 4
+    teacher: str | None = None  # a served model directory to distil from (see distill_targets)
+    distill_weight: float = 0.5  # the teacher's share of each target, 0..1
+    distill_temperature: float = 2.0  # > 1 flattens the teacher's probabilities, < 1 sharpens them
     seed: int = 1234
     limit: int | None = None  # use only the first N training images per class (quick runs, tests)
     threads: int = 0  # TensorFlow threads per op; 0 = all cores. Two runs side by side do best with 1 each.
@@ -63,6 +74,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.segmentation not in SEGMENTATION_MODES:
             raise ValueError(f"segmentation: must be one of {', '.join(SEGMENTATION_MODES)}, got {self.segmentation!r}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight: must be in 0..1, got {self.distill_weight}")
+        if not self.distill_temperature > 0.0:
+            raise ValueError(f"distill_temperature: must be > 0, got {self.distill_temperature}")
 
     @property
     def channels(self) -> int:
@@ -91,6 +106,81 @@ def class_weights(labels: np.ndarray, power: float) -> np.ndarray:
     counts = np.bincount(labels, minlength=len(EMOTIONS)).astype(float)
     weights = np.where(counts > 0, (counts.max() / np.maximum(counts, 1)) ** power, 0.0)
     return weights / (weights[labels].mean())
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities ``p ** (1/T)`` renormalised to sum 1 per row: flatter for T > 1, sharper below.
+
+    For ``p = softmax(z)`` this is ``softmax(z / T)``, the usual softened teacher; written on the
+    probabilities because an ensemble averages probabilities and has no single set of logits.
+    """
+    # In log space, so that a small T does not underflow every entry of a row to 0.
+    log_p = np.log(np.maximum(probs.astype(np.float64), np.finfo(np.float64).tiny)) / temperature
+    powered = np.exp(log_p - log_p.max(axis=-1, keepdims=True))
+    return powered / powered.sum(axis=-1, keepdims=True)
+
+
+def distill_targets(labels: np.ndarray, teacher_probs: np.ndarray, weight: float, temperature: float) -> np.ndarray:
+    """Training targets (N, classes) float32: ``(1 - weight) * one_hot(labels) + weight * soften(teacher_probs, T)``."""
+    one_hot = np.eye(teacher_probs.shape[-1])[labels]
+    return ((1.0 - weight) * one_hot + weight * soften(teacher_probs, temperature)).astype(np.float32)
+
+
+def teacher_probabilities(
+    teacher: str | Path, faces: FaceSet, x: np.ndarray, segmentation_k: int | None = None, threads: int = 1
+) -> np.ndarray:
+    """A served model's probabilities (N, classes) on un-augmented faces, cached in ``CACHE_DIR``.
+
+    The cache is named by the fingerprints of the teacher's ``.tflite`` and of ``faces``, so a
+    resumed run reads it instead of running the teacher again.
+
+    Args:
+        teacher: a model directory (``model.json`` and ``emotion.tflite``), such as an ``ensemble``.
+        faces: the faces, in the order of ``x``.
+        x: this run's model input for them: gray, then the segmentation channel if it has one.
+        segmentation_k: the k of that segmentation channel; None if the run has none.
+        threads: LiteRT threads.
+
+    Raises:
+        DataError: the teacher's classes are not ``EMOTIONS``, or its input needs a segmentation
+            channel that this run does not have.
+    """
+    path = resolve_model_path(teacher)
+    info = ModelInfo.load(path / METADATA_NAME)
+    if info.classes != EMOTIONS:
+        raise DataError(f"--teacher {teacher}: its classes {list(info.classes)} are not {list(EMOTIONS)}")
+    version = info.raw["segmentation"].get("version") if info.segmentation else None
+    if info.segmentation and (segmentation_k != info.segmentation_k or version != SEGMENTATION_VERSION):
+        ours = "none" if segmentation_k is None else f"k={segmentation_k}, version {SEGMENTATION_VERSION}"
+        raise DataError(
+            f"--teacher {teacher}: needs a segmentation channel with k={info.segmentation_k}, version {version}; "
+            f"this run's is {ours}"
+        )
+    cache = CACHE_DIR / f"teacher-{model_facts(path)['fingerprint']}-{faces.fingerprint()}.npy"
+    if cache.exists():
+        probs = np.load(cache)
+        if probs.shape == (len(faces), len(EMOTIONS)):
+            log.info("teacher %s: probabilities of %d faces read from %s", teacher, len(faces), cache)
+            return probs
+    t0 = time.time()
+    # A teacher without the segmentation channel takes the gray channel alone.
+    probs = _predict(EmotionModel(path, threads=threads), x[..., : info.channels])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, probs)
+    log.info("teacher %s: probabilities of %d faces in %.1fs (cache %s)", teacher, len(faces), time.time() - t0, cache)
+    return probs
+
+
+def _targets(cfg: TrainConfig, faces: FaceSet, x: np.ndarray) -> np.ndarray | None:
+    """The distilled training targets, or None without a teacher (plain one-hot labels)."""
+    if cfg.teacher is None:
+        return None
+    segmentation_k = cfg.segmentation_k if cfg.segmentation != "off" else None
+    probs = teacher_probabilities(cfg.teacher, faces, x, segmentation_k, threads=cfg.threads or os.cpu_count() or 1)
+    # A teacher trained on these same faces has partly learned their labels: the nearer this is to
+    # 100 %, the less its targets add to the label.
+    log.info("teacher agrees with %.1f%% of the training labels", 100 * np.mean(probs.argmax(axis=1) == faces.labels))
+    return distill_targets(faces.labels, probs, cfg.distill_weight, cfg.distill_temperature)
 
 
 def run_training(cfg: TrainConfig) -> dict:
@@ -126,19 +216,24 @@ def run_training(cfg: TrainConfig) -> dict:
     )
     x_train, x_val = _channels(train_set, cfg, "train"), _channels(val_set, cfg, "val")
     channels = x_train.shape[-1]
-    weights = class_weights(train_set.labels, cfg.class_weight_power)
+    weights = class_weights(train_set.labels, cfg.class_weight_power)  # by the hard label, with or without a teacher
     n_classes = len(EMOTIONS)
+    targets = _targets(cfg, train_set, x_train)
 
     augment = build_augmenter(cfg.seed)
 
-    def train_batch(x, y):
+    def train_batch(x, y, target=None):
         x = photometric(augment(x, training=True))
         if cfg.erase:
             x = random_erasing(x, cfg.erase)
-        return x, tf.one_hot(y, n_classes), tf.gather(weights.astype(np.float32), y)
+        target = tf.one_hot(y, n_classes) if target is None else target
+        return x, target, tf.gather(weights.astype(np.float32), y)
 
+    # Distilled targets travel with their image through shuffle and batch; without a teacher the
+    # dataset holds (image, label) and the target is the one-hot label.
+    slices = (x_train, train_set.labels) if targets is None else (x_train, train_set.labels, targets)
     train_ds = (
-        tf.data.Dataset.from_tensor_slices((x_train, train_set.labels))
+        tf.data.Dataset.from_tensor_slices(slices)
         .shuffle(len(x_train), seed=cfg.seed, reshuffle_each_iteration=True)
         .batch(cfg.batch_size)
         .map(train_batch, num_parallel_calls=1)
@@ -228,6 +323,7 @@ def finalize(
         "quantization": quantization(cfg.quantize),
         "training": {
             "config": {k: v for k, v in cfg.__dict__.items() if k not in ("out", "resume", "threads")},
+            "teacher": _teacher_record(cfg.teacher),
             "data_fingerprint": train_set.fingerprint(),
             "train_images": len(train_set),
             "validation_images": len(val_set),
@@ -278,6 +374,15 @@ def export_ensemble(
     return _evaluate_and_write(out, meta, val_set, test_set if score_test else None)
 
 
+def _teacher_record(teacher: str | None) -> dict | None:
+    """What ``model.json`` says of the teacher: its path, ``.tflite`` fingerprint and validation accuracy."""
+    if teacher is None:
+        return None
+    facts = model_facts(teacher)
+    validation = ModelInfo.load(Path(facts["path"]) / METADATA_NAME).raw.get("validation") or {}
+    return {"path": teacher, "fingerprint": facts["fingerprint"], "validation_accuracy": validation.get("accuracy")}
+
+
 def _served_model(members: list, segmentation: dict, tflite_bytes: int, output: str) -> dict:
     """The part of ``model.json`` that serving reads (``pipeline.vision.model.ModelInfo``)."""
     return {
@@ -322,9 +427,12 @@ def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256) -> dic
             info.segmentation_k,
             CACHE_DIR / f"seg-v{SEGMENTATION_VERSION}-k{info.segmentation_k}-eval-{faces.fingerprint()}.npy",
         )
-    x = model_input(faces.images, seg)
-    probs = np.concatenate([model.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
+    probs = _predict(model, model_input(faces.images, seg), batch)
     return report.metrics(faces.labels, probs.argmax(axis=1), model.classes)
+
+
+def _predict(model: EmotionModel, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([model.predict(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
 class _EpochTimer:

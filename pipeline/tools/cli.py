@@ -338,6 +338,26 @@ _SCORE_TEST = click.option(
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="TensorFlow threads (0: all cores)")
 @click.option("--patience", default=6, type=click.IntRange(0), help="epochs with no gain before stopping (0: never)")
 @click.option("--erase", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="random-erasing probability per face")
+@click.option(
+    "--teacher",
+    type=click.Path(exists=True, file_okay=False),
+    help="distil from this served model directory (e.g. an `ensemble`): its probabilities on the training faces, "
+    "computed once and cached, go into the targets",
+)
+@click.option(
+    "--distill-weight",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="with --teacher: the teacher's share of each target (0: the labels alone, 1: the teacher alone)",
+)
+@click.option(
+    "--distill-temperature",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="with --teacher: softens its probabilities as p ** (1/T), renormalised (1: as they are, higher: flatter)",
+)
 @_QUANTIZE
 @_SCORE_TEST
 @click.option("--resume", is_flag=True, help="continue the unfinished run in --out from its last epoch")
@@ -348,8 +368,8 @@ _SCORE_TEST = click.option(
     help="with --export-only: export these weights (e.g. an unfinished run's checkpoint/latest.weights.h5)",
 )
 def train(
-    data, out_dir, replace_default, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, quantize,
-    score_test, resume, export_only, from_weights,
+    data, out_dir, replace_default, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, teacher,
+    distill_weight, distill_temperature, quantize, score_test, resume, export_only, from_weights,
 ):  # fmt: skip
     """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
     out_dir = _train_out(out_dir, replace_default, resume or export_only)
@@ -368,6 +388,9 @@ def train(
         patience=patience,
         erase=erase,
         segmentation=segmentation,
+        teacher=teacher,
+        distill_weight=distill_weight,
+        distill_temperature=distill_temperature,
         quantize=quantize,
         score_test=score_test,
         resume=resume,
