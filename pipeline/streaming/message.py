@@ -116,8 +116,11 @@ class Message:
         return sender if isinstance(sender, str) else None
 
 
+_DTYPE_NAMES = {np.dtype(name): name for name in ALLOWED_DTYPES}  # dtype.name is slow to compute
+
+
 def _array_spec(array: np.ndarray) -> dict[str, Any]:
-    return {"shape": list(array.shape), "dtype": array.dtype.name}
+    return {"shape": list(array.shape), "dtype": _DTYPE_NAMES.get(array.dtype) or array.dtype.name}
 
 
 def encode(

@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -97,7 +98,7 @@ class StageMetrics:
         """A JSON-able summary sent to the launcher; with ``recent``, only the last timings."""
 
         def last(values: deque) -> list:
-            return list(values)[-recent:] if recent else list(values)
+            return list(islice(reversed(values), recent))[::-1] if recent else list(values)
 
         return {
             "stage": self.stage,

@@ -21,6 +21,12 @@ from pipeline.streaming.transport import PushLink
 
 log = logging.getLogger(__name__)
 
+# How long a writer with a full ring sleeps between looks for a free slot: from 1 ms, doubling
+# up to 8 ms. A full ring is SLOTS frames ahead of the slowest consumer, so the longer sleeps
+# cost no throughput; looking every millisecond (a file read as fast as possible) cost the
+# source ~1,000 wake-ups a second of CPU the stages downstream need.
+RING_WAIT_S = (0.001, 0.008)
+
 
 class Outbound:
     """The outputs of one worker.
@@ -95,11 +101,13 @@ class Outbound:
         image = msg.image
         if not self.rings or image.nbytes > self.rings[-1].ring.slot_bytes:
             self.rings.append(FrameRing(self.label, image.nbytes))
+        wait = RING_WAIT_S[0]
         while not self.stop.is_set():
             ref = self.rings[-1].put(image)
             if ref is not None or link.plan.policy == "drop-oldest":
                 return ref
-            self.stop.wait(0.001)  # every frame in flight: wait for one to be released downstream
+            self.stop.wait(wait)  # every frame in flight: wait for one to be released downstream
+            wait = min(2 * wait, RING_WAIT_S[1])
         return None
 
     def _frames(self, msg: Message, link: PushLink) -> list:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import mmap
 import os
 import re
@@ -150,7 +151,7 @@ class SharedFrames:
         if not (isinstance(name, str) and _NAME.fullmatch(name)) or not isinstance(slot, int) or not isinstance(gen, int):
             raise MessageError(f"{where}: bad shared-memory reference {spec!r}")
         ring = self._ring(name, where)
-        nbytes = int(np.prod(shape))
+        nbytes = math.prod(shape)
         if not 0 <= slot < ring.slots or nbytes > ring.slot_bytes:
             raise MessageError(f"{where}: slot {slot} / {nbytes} bytes outside ring {name} ({ring.slots} x {ring.slot_bytes})")
         if int(ring.gen[slot]) != gen:

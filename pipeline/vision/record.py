@@ -131,9 +131,12 @@ def _face(entry: Any, read_array: ReadArray, where: str) -> Face:
 def _probabilities(value: Any, where: str) -> list[float] | None:
     if value is None:
         return None
-    if not (isinstance(value, list) and 0 < len(value) <= MAX_CLASSES and all(_is_number(v) and 0 <= v <= 1 for v in value)):
+    # Every stage decodes these for every face: one pass, exact types (not bool), and a range
+    # check that NaN and infinities fail.
+    probs = [float(v) for v in value if type(v) is float or type(v) is int] if isinstance(value, list) else []
+    if not (0 < len(probs) == len(value) <= MAX_CLASSES and all(0.0 <= p <= 1.0 for p in probs)):
         raise ValueError(f"{where}: expected 1..{MAX_CLASSES} probabilities in 0..1")
-    return [float(v) for v in value]
+    return probs
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:
