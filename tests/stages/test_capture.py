@@ -38,6 +38,20 @@ def test_video_file_with_its_fps_resize_skip_and_limit(tmp_path):
     assert [int(m.image.mean()) // 10 for m in msgs] == pytest.approx([0, 6, 12], abs=1)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_files_are_decoded_on_the_threads_asked_for_with_the_same_frames(tmp_path, threads):
+    make_video(tmp_path / "clip.mp4")
+    stage = Capture(CaptureParams(source=str(tmp_path / "clip.mp4"), decode_threads=threads), name="capture")
+    stage.on_start()
+    try:
+        assert stage._source.get(cv2.CAP_PROP_N_THREADS) == threads
+        images = [m.image for m in stage.generate()]
+    finally:
+        stage.on_stop()
+    _, default = frames_of(tmp_path, source=str(tmp_path / "clip.mp4"))
+    assert len(images) == len(default) == 12 and all(np.array_equal(a, b.image) for a, b in zip(images, default))
+
+
 def test_image_folder_skips_unreadable_files_and_names_each_frame(tmp_path):
     (tmp_path / "0.jpg").write_bytes(b"broken")
     for i in range(1, 4):
