@@ -87,6 +87,10 @@ def test_local_config_processes_the_whole_clip_in_separate_processes(video, mode
     pids = stage_pids(result.stderr)
     assert set(pids) == {"capture", "detect", "segment", "classify", "track", "render", "log"}
     assert len(set(pids.values())) == 7 and os.getpid() not in pids.values()
+    # The config's nice: 5 for every stage but detect, added to the niceness the run started with.
+    nice = {m[0]: int(m[1]) for m in re.findall(r"(\w+): started in process \d+ \(nice (\d+)\)", result.stderr)}
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert nice == {stage: base if stage == "detect" else min(base + 5, 19) for stage in pids}, nice
     check_outputs(tmp_path, video)
     assert re.search(r"^capture\s+1\s+0\s+464\b", result.stdout, re.M), result.stdout
 

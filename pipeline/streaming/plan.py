@@ -97,6 +97,7 @@ class WorkerPlan:
     producers: Mapping[str, frozenset[str]]  # stream -> ids of the upstream workers whose end-of-stream ends it
     needs_image: bool  # this stage reads the pixels of every frame
     run: Mapping[str, Any] = field(default_factory=dict)  # run metadata fixed upstream and here
+    nice: int = 0  # added to the worker process's niceness
 
     @property
     def label(self) -> str:
@@ -159,6 +160,7 @@ def compile_plan(
         else {},
         needs_image=IMAGE in topology.contracts[name].requires,
         run=dict(topology.metadata[name]),
+        nice=topology.config.nice if config.nice is None else config.nice,
     )
 
 

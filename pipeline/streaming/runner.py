@@ -59,6 +59,7 @@ def run_worker(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher handles Ctrl-C for the group
         _stop_when_orphaned(stop)
+        os.nice(plan.nice)
     stage: Stage = plan.stage_cls(plan.params, name=plan.stage, context=_context(plan, settings))
     ctx = zmq.Context()
     control = Control(ctx, control_endpoint, plan.stage, plan.worker)
@@ -79,7 +80,7 @@ def run_worker(
         if plan.input is not None:
             inp = PullInput(ctx, plan.input, loop.shared, loop.report.malformed, loop.report.dropped, plan.label)
         control.emit("started")
-        log.info("%s: started in process %d", plan.label, os.getpid())
+        log.info("%s: started in process %d (nice %d)", plan.label, os.getpid(), os.getpriority(os.PRIO_PROCESS, 0))
         loop.run_source(start, _progress_file(plan, settings)) if inp is None else loop.run_stage(inp)
         finished = True
         return ExitCode.OK

@@ -66,6 +66,9 @@ class StageConfig(BaseModel):
         description="Ray: what a node must have to run this stage: a custom resource (camera) or a label (zone=lab)",
     )
     cpus: float | None = Field(None, gt=0, le=64, description="Ray: CPUs each worker reserves (default 0.25)")
+    nice: int | None = Field(
+        None, ge=0, le=19, description="added to the niceness of this stage's worker processes (default: the pipeline's nice)"
+    )
 
     @field_validator("placement", mode="before")
     @classmethod
@@ -106,6 +109,9 @@ class TopologyConfig(BaseModel):
     keys: str | None = Field(
         None, description="key directory (<host>.key, <host>.key_secret): every tcp:// link is authenticated and encrypted"
     )
+    # With fewer cores than busy stages, the stage that sets the pace should not wait for the CPU
+    # behind stages that only wait for it: the others get a higher niceness (README: Speed).
+    nice: int = Field(0, ge=0, le=19, description="added to the niceness of every stage's worker processes")
     stages: list[StageConfig] = Field(min_length=1)
 
 

@@ -120,6 +120,18 @@ def test_overrides_reach_params_and_stage_fields(tmp_path, model_dir):
     assert len(topology.endpoints("detect")) == 3
 
 
+def test_a_stage_nice_overrides_the_pipeline_nice_and_bad_values_are_named(tmp_path, model_dir):
+    from pipeline.streaming.plan import compile_plans
+
+    topology = load_topology(write(tmp_path, chain(model_dir, detect={"nice": 0}), nice=5), tmp_path)
+    assert {plan.stage: plan.nice for plan in compile_plans(topology, ["capture", "detect", "log"])} == {
+        "capture": 5, "detect": 0, "log": 5,
+    }  # fmt: skip
+    assert "stages[1] (detect).nice" in error_of(tmp_path, chain(model_dir, detect={"nice": 20}))
+    with pytest.raises(ConfigError, match="nice"):
+        load_topology(write(tmp_path, chain(model_dir), nice=-1), tmp_path)
+
+
 def test_bad_override_is_reported(tmp_path, model_dir):
     assert "--set 'nosuch.k=1'" in error_of(tmp_path, chain(model_dir), overrides=["nosuch.k=1"])
 
@@ -223,7 +235,8 @@ def test_set_names_a_top_level_key_directory(tmp_path, model_dir):
     stages = chain(model_dir, segment={"endpoint": "tcp://0.0.0.0:5556", "host": "compute"}, detect={"host": "camera"})
     topology = load_topology(write(tmp_path, stages), tmp_path, overrides=[f"keys={tmp_path / 'k'}"])
     assert topology.link_keys("segment") == tmp_path / "k"
-    assert "expected stage.key=value (or top-level keys=..., name=...)" in error_of(tmp_path, stages, overrides=["segment=1"])
+    message = error_of(tmp_path, stages, overrides=["segment=1"])
+    assert "expected stage.key=value (or top-level keys=..., name=..., nice=...)" in message
 
 
 def test_missing_key_files_are_named_when_this_host_compiles_its_workers(tmp_path, model_dir):
