@@ -131,11 +131,14 @@ def _face(entry: Any, read_array: ReadArray, where: str) -> Face:
 def _probabilities(value: Any, where: str) -> list[float] | None:
     if value is None:
         return None
+    problem = f"{where}: expected 1..{MAX_CLASSES} probabilities in 0..1"
+    if not (isinstance(value, list) and 0 < len(value) <= MAX_CLASSES):
+        raise ValueError(problem)
     # Every stage decodes these for every face: one pass, exact types (not bool), and a range
     # check that NaN and infinities fail.
-    probs = [float(v) for v in value if type(v) is float or type(v) is int] if isinstance(value, list) else []
-    if not (0 < len(probs) == len(value) <= MAX_CLASSES and all(0.0 <= p <= 1.0 for p in probs)):
-        raise ValueError(f"{where}: expected 1..{MAX_CLASSES} probabilities in 0..1")
+    probs = [float(v) for v in value if type(v) is float or type(v) is int]
+    if len(probs) < len(value) or not all(0.0 <= p <= 1.0 for p in probs):
+        raise ValueError(problem)
     return probs
 
 
