@@ -370,8 +370,21 @@ def export_ensemble(
             {"model": str(d), **{k: m.get(k) for k in ("segmentation", "training", "validation", "evaluation")}}
             for d, m in zip(model_dirs, metas)
         ],
+        "training": _members_cost(model_dirs, metas),
     }
     return _evaluate_and_write(out, meta, val_set, test_set if score_test else None)
+
+
+def _members_cost(model_dirs: list[Path], metas: list[dict]) -> dict:
+    """The members' training CPU time, summed; members trained before it was recorded are named.
+
+    A distilled member's teacher is not counted: its own members are usually in the ensemble.
+    """
+    cpu = [(m.get("training") or {}).get("cpu_seconds") for m in metas]
+    return {
+        "cpu_seconds": round(sum(c for c in cpu if c), 1),
+        "members_without_cpu_seconds": [str(d) for d, c in zip(model_dirs, cpu) if not c],
+    }
 
 
 def _teacher_record(teacher: str | None) -> dict | None:

@@ -92,6 +92,10 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     ensemble = json.loads((tmp_path / "ens" / "model.json").read_text())
     assert len(ensemble["members"]) == 2 and ensemble["channels"] == 2 and ensemble["evaluation"]["n"] == 42
     assert ensemble["evaluation"]["confusion"] == meta["evaluation"]["confusion"]
+    # The training CPU of the members, summed (here the same run twice).
+    assert meta["training"]["cpu_seconds"] > 0
+    cpu = round(2 * meta["training"]["cpu_seconds"], 1)
+    assert ensemble["training"] == {"cpu_seconds": cpu, "members_without_cpu_seconds": []}
 
     result = subprocess.run(
         [PYTHON, "run_pipeline.py", "ensemble", str(out), "--data", str(small_fer), "--out", str(tmp_path / "float"),
