@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +16,36 @@ from pipeline.vision.model import EmotionModel
 from stages.detect import Detect, DetectParams
 from train import report
 from train.data import list_image_folder, load_image_folder
+from train.degrade import degrade
 from train.train import evaluate_faces
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_folder(
-    data: str | Path, model: str | Path | None = None, detect: bool = False, prefix: str | None = None
+    data: str | Path,
+    model: str | Path | None = None,
+    detect: bool = False,
+    prefix: str | None = None,
+    degradation: str | None = None,
 ) -> dict[str, Any]:
     """Score ``model`` on every image of ``data`` (only files named ``prefix*`` if given).
 
-    Without ``detect`` each image is taken as an already-cropped face (FER2013 style). With
-    ``detect`` the Haar detector finds the largest face first; an image with no face found
-    counts as a miss and is listed under ``no_face``.
+    Without ``detect`` each image is taken as an already-cropped face (FER2013 style), degraded
+    first if ``degradation`` names one of ``train.degrade.DEGRADATIONS``. With ``detect`` the
+    Haar detector finds the largest face first; an image with no face found counts as a miss
+    and is listed under ``no_face``.
     """
     emotion_model = EmotionModel(model)
     if not detect:
         faces = load_image_folder(data, prefix)
+        if degradation:
+            faces = replace(faces, images=degrade(faces.images, degradation))
         result = evaluate_faces(emotion_model, faces)
-        result.update(skipped=faces.skipped, no_face=[])
+        result.update(skipped=faces.skipped, no_face=[], degradation=degradation)
         return result
+    if degradation:
+        raise DataError("degradations apply to cropped faces; they cannot be combined with detection")
     detector = Detect(DetectParams(), name="detect")  # the stage's own still-image path (full scan)
     detector.on_start()
     labels, preds, no_face, skipped = [], [], [], []

@@ -453,13 +453,20 @@ def ensemble(models, data, out_dir, mirror, quantize, score_test):
     metavar="SCALE,DX,DY",
     help="with --redetect: also score the Haar box mapped by this framing (default: the crop in the model's model.json)",
 )
+@click.option(
+    "--degrade",
+    type=click.Choice(["blur", "lowres", "jpeg", "dark", "noise"]),
+    help="cropped faces only: degrade each face first (blur, 20-px face, JPEG q15, underexposed, sensor noise)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def evaluate(data, model, detect, prefix, redetect, crop, as_json):
+def evaluate(data, model, detect, prefix, redetect, crop, degrade, as_json):
     """Score a model on labelled images."""
     from train.evaluate import evaluate_folder
     from train.report import format_report
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    if degrade and (detect or redetect):
+        raise click.UsageError("--degrade is for cropped faces: it excludes --detect and --redetect")
     if redetect:
         if detect:
             raise click.UsageError("--redetect and --detect exclude each other: --redetect is for cropped FER faces")
@@ -475,7 +482,7 @@ def evaluate(data, model, detect, prefix, redetect, crop, as_json):
         result = redetect_folder(data, model, prefix, redetect, framing)
         click.echo(json.dumps(result) if as_json else format_redetect(result), nl=as_json)
         return
-    result = evaluate_folder(data, model, detect, prefix)
+    result = evaluate_folder(data, model, detect, prefix, degrade)
     if as_json:
         click.echo(json.dumps(result))
         return

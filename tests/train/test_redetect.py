@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 
-import pytest
 from click.testing import CliRunner
 
 from pipeline.tools.cli import main
 from stages.detect import DetectParams
+from tests.train.conftest import PUBLIC_PER_CLASS as PER_CLASS
 from train.redetect import redetect_folder
-
-PER_CLASS = 4
-
-
-@pytest.fixture(scope="module")
-def few_public(fer_dir, tmp_path_factory):
-    """The first few PublicTest_ faces of each class (validation split only: PrivateTest_ is never scored)."""
-    root = tmp_path_factory.mktemp("fer-public")
-    for class_dir in sorted((fer_dir / "test").iterdir()):
-        (root / class_dir.name).mkdir()
-        for path in sorted(class_dir.glob("PublicTest_*"))[:PER_CLASS]:
-            shutil.copy(path, root / class_dir.name / path.name)
-    return root
 
 
 def test_redetected_faces_are_scored_in_three_framings_with_the_box_geometry(few_public, model_dir):
