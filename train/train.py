@@ -60,6 +60,7 @@ class TrainConfig:
     class_weight_power: float = 0.5  # 0: none, 1: fully balanced; 0.5 trades little accuracy for minority recall
     patience: int = 6  # epochs without a validation gain before stopping; 0 = never stop early
     erase: float = 0.0  # probability of blanking a random rectangle of each training face (random erasing)
+    camera: float = 0.0  # probability of sensor noise, and of a lower resolution, per training face
     segmentation: str = "off"  # K-means segmentation: "off", "on" (2nd input channel), "attention" (SEGMENTATION_MODES)
     segmentation_k: int = 4
     teacher: str | None = None  # a served model directory to distil from (see distill_targets)
@@ -75,6 +76,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.segmentation not in SEGMENTATION_MODES:
             raise ValueError(f"segmentation: must be one of {', '.join(SEGMENTATION_MODES)}, got {self.segmentation!r}")
+        if not 0.0 <= self.camera <= 1.0:
+            raise ValueError(f"camera: must be in 0..1, got {self.camera}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"distill_weight: must be in 0..1, got {self.distill_weight}")
         if not self.distill_temperature > 0.0:
@@ -190,7 +193,7 @@ def run_training(cfg: TrainConfig) -> dict:
     import keras
     import tensorflow as tf
 
-    from train.model import build_augmenter, build_model, photometric, random_erasing
+    from train.model import build_augmenter, build_model, camera_degradation, photometric, random_erasing
 
     if cfg.threads:
         tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
@@ -227,6 +230,8 @@ def run_training(cfg: TrainConfig) -> dict:
         x = photometric(augment(x, training=True))
         if cfg.erase:
             x = random_erasing(x, cfg.erase)
+        if cfg.camera:
+            x = camera_degradation(x, cfg.camera)
         target = tf.one_hot(y, n_classes) if target is None else target
         return x, target, tf.gather(weights.astype(np.float32), y)
 

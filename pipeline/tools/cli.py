@@ -338,6 +338,7 @@ _SCORE_TEST = click.option(
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(0), help="TensorFlow threads (0: all cores)")
 @click.option("--patience", default=6, type=click.IntRange(0), help="epochs with no gain before stopping (0: never)")
 @click.option("--erase", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="random-erasing probability per face")
+@click.option("--camera", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="camera-noise probability per face")
 @click.option(
     "--teacher",
     type=click.Path(exists=True, file_okay=False),
@@ -368,7 +369,7 @@ _SCORE_TEST = click.option(
     help="with --export-only: export these weights (e.g. an unfinished run's checkpoint/latest.weights.h5)",
 )
 def train(
-    data, out_dir, replace_default, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, teacher,
+    data, out_dir, replace_default, segmentation, epochs, batch_size, limit, seed, threads, patience, erase, camera, teacher,
     distill_weight, distill_temperature, quantize, score_test, resume, export_only, from_weights,
 ):  # fmt: skip
     """Train the emotion CNN and export it (.keras, .tflite, model.json, plots, report)."""
@@ -387,6 +388,7 @@ def train(
         threads=threads,
         patience=patience,
         erase=erase,
+        camera=camera,
         segmentation=segmentation,
         teacher=teacher,
         distill_weight=distill_weight,

@@ -61,7 +61,7 @@ def history_epochs(out) -> list[int]:
 
 def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     out = tmp_path / "model"
-    proc = train_cli(small_fer, out, "--epochs", "1", "--segmentation", "on", "--score-test")
+    proc = train_cli(small_fer, out, "--epochs", "1", "--segmentation", "on", "--camera", "0.5", "--score-test")
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     for name in ("emotion.keras", "emotion.tflite", "model.json", "curves.png", "confusion.png", "report.txt"):
@@ -73,6 +73,7 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
     }  # fmt: skip
     assert meta["evaluation"]["split"] == "test (PrivateTest)" and meta["evaluation"]["n"] == 42
     assert meta["quantization"].startswith("dynamic-range")  # int8 weights unless --no-quantize
+    assert meta["training"]["config"]["camera"] == 0.5
 
     scores = evaluate_cli(out, small_fer / "train")
     assert scores["n"] == 7 * PER_CLASS
