@@ -41,8 +41,11 @@ def kmeans_gates(seg: keras.KerasTensor) -> dict[int, keras.KerasTensor]:
     return gates
 
 
-def build_model(channels: int, num_classes: int, attention: bool = False) -> keras.Model:
+def build_model(channels: int, num_classes: int, attention: bool = False, width: float = 1.0) -> keras.Model:
     """Return the CNN. Input: raw 0..255 faces (N, 48, 48, channels); output: logits.
+
+    ``width`` multiplies every layer's filters (32, 64, 128, 256 at 1.0): parameters and
+    compute grow about as its square.
 
     With ``attention`` the input is gray and segmentation (``channels`` 2), and the
     segmentation does not enter as pixels: it gates the features at 24x24 and 12x12, as
@@ -51,17 +54,20 @@ def build_model(channels: int, num_classes: int, attention: bool = False) -> ker
     """
     if attention and channels != 2:
         raise ValueError(f"attention needs the gray and segmentation channels (2), got {channels}")
+    if not width > 0:
+        raise ValueError(f"width: must be > 0, got {width}")
     inputs = keras.Input((FACE_SIZE, FACE_SIZE, channels), name="face")
     gates = kmeans_gates(inputs[..., 1:]) if attention else {}
     x = layers.Rescaling(1.0 / 255)(inputs[..., :1] if attention else inputs)  # preprocessing lives in the model
-    x = _conv(x, 32)
+    x = _conv(x, round(32 * width))
     x = layers.MaxPooling2D()(x)  # 24x24
-    for filters in (64, 128, 256):
-        if x.shape[1] in gates:
-            x = layers.Add()([x, layers.Multiply()([x, gates[x.shape[1]]])])  # x * (1 + gate)
+    for size, filters in ((24, 64), (12, 128), (6, 256)):
+        if size in gates:
+            x = layers.Add()([x, layers.Multiply()([x, gates[size]])])  # x * (1 + gate)
+        filters = round(filters * width)
         x = _conv(x, filters)
         x = _conv(x, filters)
-        if filters != 256:
+        if size != 6:
             x = layers.MaxPooling2D()(x)  # 12x12, then 6x6
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.4)(x)

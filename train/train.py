@@ -44,6 +44,9 @@ PREPROCESSING = (
     "scaling is inside the model"
 )
 CACHE_DIR = Path(os.environ.get("EMOTION_CACHE", Path.home() / ".cache" / "emotion-pipeline"))
+OPTIONS_NAME = "options.json"  # in OUT/checkpoint/: the training options an unfinished run started with
+# Options that only touch the export and the report, or the machine: free to change on --resume.
+_FREE_ON_RESUME = ("data", "out", "resume", "threads", "quantize", "score_test")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class TrainConfig:
     camera: float = 0.0  # probability of sensor noise, and of a lower resolution, per training face
     segmentation: str = "off"  # K-means segmentation: "off", "on" (2nd input channel), "attention" (SEGMENTATION_MODES)
     segmentation_k: int = 4
+    width: float = 1.0  # multiplies every layer's filters (train.model.build_model); compute grows as its square
     teacher: str | None = None  # a served model directory to distil from (see distill_targets)
     distill_weight: float = 0.5  # the teacher's share of each target, 0..1
     distill_temperature: float = 2.0  # > 1 flattens the teacher's probabilities, < 1 sharpens them
@@ -76,6 +80,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.segmentation not in SEGMENTATION_MODES:
             raise ValueError(f"segmentation: must be one of {', '.join(SEGMENTATION_MODES)}, got {self.segmentation!r}")
+        if not self.width > 0.0:
+            raise ValueError(f"width: must be > 0, got {self.width}")
         if not 0.0 <= self.camera <= 1.0:
             raise ValueError(f"camera: must be in 0..1, got {self.camera}")
         if not 0.0 <= self.distill_weight <= 1.0:
@@ -202,6 +208,7 @@ def run_training(cfg: TrainConfig) -> dict:
     backup = out / "checkpoint"
     if backup.exists() and not cfg.resume:
         raise DataError(f"{out}: holds an unfinished run ({backup}); pass --resume to continue it or choose another --out")
+    options = _check_resumed_options(cfg, backup / OPTIONS_NAME)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
 
@@ -248,7 +255,7 @@ def run_training(cfg: TrainConfig) -> dict:
     val_ds = tf.data.Dataset.from_tensor_slices((x_val, tf.one_hot(val_set.labels, n_classes))).batch(256).prefetch(1)
 
     # --- model ---------------------------------------------------------------
-    model = build_model(channels, n_classes, attention=cfg.segmentation == "attention")
+    model = build_model(channels, n_classes, attention=cfg.segmentation == "attention", width=cfg.width)
     steps = cfg.epochs * int(np.ceil(len(x_train) / cfg.batch_size))
     schedule = keras.optimizers.schedules.CosineDecay(
         cfg.learning_rate / 10,
@@ -277,11 +284,29 @@ def run_training(cfg: TrainConfig) -> dict:
         *([keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience)] if cfg.patience else []),
         keras.callbacks.CSVLogger(str(history_csv), append=cfg.resume),
     ]
+    backup.mkdir(exist_ok=True)
+    (backup / OPTIONS_NAME).write_text(json.dumps(options, indent=1))  # what a --resume must match
     t_train = time.time()
     model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     log.info("training took %.0fs this session", time.time() - t_train)
     shutil.rmtree(backup, ignore_errors=True)  # the run is finished: nothing to resume
     return finalize(cfg, (train_set, val_set, test_set))
+
+
+def _check_resumed_options(cfg: TrainConfig, path: Path) -> dict:
+    """Return the options that shape training; refuse a --resume that changes any of them.
+
+    A run resumed over several days is easily continued with one option forgotten. It would
+    then go on as another recipe, or fail to load its weights with an obscure error.
+    """
+    options = {k: v for k, v in cfg.__dict__.items() if k not in _FREE_ON_RESUME}
+    if cfg.resume and path.exists():
+        started = json.loads(path.read_text())
+        changed = [f"{k} {started.get(k)!r} -> {v!r}" for k, v in options.items() if started.get(k) != v]
+        if changed:
+            raise DataError(f"{cfg.out}: --resume with other training options than the run started with "
+                            f"({', '.join(changed)}); give the options it started with")  # fmt: skip
+    return options
 
 
 def finalize(
@@ -306,7 +331,7 @@ def finalize(
         train_set, val_set = _limit(train_set, cfg.limit), _limit(val_set, max(cfg.limit // 4, 8))
     if weights is not None:
         out.mkdir(parents=True, exist_ok=True)
-        model = build_model(cfg.channels, len(EMOTIONS), attention=cfg.segmentation == "attention")
+        model = build_model(cfg.channels, len(EMOTIONS), attention=cfg.segmentation == "attention", width=cfg.width)
         model.load_weights(weights)
         model.save(out / "emotion.keras")
         if (weights.parent / "history.csv").exists() and not (out / "history.csv").exists():

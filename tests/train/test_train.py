@@ -113,7 +113,8 @@ def test_one_epoch_gives_a_model_that_loads_and_evaluates(small_fer, tmp_path):
 
 def test_interrupted_training_resumes_from_its_last_epoch(small_fer, tmp_path):
     out = tmp_path / "model"
-    proc = train_cli(small_fer, out, "--epochs", "3")
+    recipe = ("--epochs", "3", "--width", "0.5", "--erase", "0.5")
+    proc = train_cli(small_fer, out, *recipe)
     deadline = time.monotonic() + 300
     while len(history_epochs(out)) < 1 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -122,15 +123,23 @@ def test_interrupted_training_resumes_from_its_last_epoch(small_fer, tmp_path):
     done = history_epochs(out)
     assert done and len(done) < 3 and (out / "checkpoint").exists()
 
-    again = train_cli(small_fer, out, "--epochs", "3")
+    again = train_cli(small_fer, out, *recipe)
     output, _ = again.communicate(timeout=300)
     assert again.returncode != 0 and "pass --resume" in output
 
-    resumed = train_cli(small_fer, out, "--epochs", "3", "--resume")
+    # Resumed with one option forgotten: refused, naming it, and the run is left as it was.
+    forgot = train_cli(small_fer, out, "--epochs", "3", "--erase", "0.5", "--resume")
+    output, _ = forgot.communicate(timeout=300)
+    assert forgot.returncode != 0 and "width 0.5 -> 1.0" in output, output[-3000:]
+    assert history_epochs(out) == done and (out / "checkpoint").exists()
+
+    resumed = train_cli(small_fer, out, *recipe, "--resume", "--no-quantize")  # export options may change
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-3000:]
     assert history_epochs(out) == [0, 1, 2]  # continued, not restarted
     assert not (out / "checkpoint").exists() and (out / "emotion.tflite").exists()
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["training"]["config"]["width"] == 0.5 and meta["quantization"] == "none: float32"
 
 
 def _fer_faces(fer_dir, n: int = 3):
@@ -200,3 +209,16 @@ def test_one_epoch_with_kmeans_attention_records_the_mode_and_evaluates(small_fe
         "function": "pipeline.vision.faces.segment_face", "version": SEGMENTATION_VERSION,
     }  # fmt: skip
     assert evaluate_cli(out, small_fer / "test", "--prefix", "PrivateTest_")["n"] == 42
+
+
+def test_width_scales_every_layer():
+    from train.model import build_model
+
+    def filters(model):
+        return [layer.filters for layer in model.layers if hasattr(layer, "filters")]
+
+    assert filters(build_model(1, 7)) == [32, 64, 64, 128, 128, 256, 256]
+    assert filters(build_model(1, 7, width=1.5)) == [48, 96, 96, 192, 192, 384, 384]
+    assert build_model(1, 7, width=2).count_params() > 3.5 * build_model(1, 7).count_params()
+    with pytest.raises(ValueError, match="width"):
+        build_model(1, 7, width=0)
