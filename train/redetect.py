@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.vision.faces import HAAR_BOX, Framing, crop_face, model_input
+from pipeline.vision.faces import HAAR_BOX, Framing, crop_face, lift_dim, model_input
 from pipeline.vision.model import EmotionModel
 from stages.detect import Detect, DetectParams
 from train import report
@@ -64,7 +64,7 @@ def _predict(model: EmotionModel, faces: np.ndarray, batch: int = 256) -> np.nda
         from train.data import segmentation_channels
 
         seg = segmentation_channels(faces, model.info.segmentation_k)
-    x = model_input(faces, seg)
+    x = model_input(lift_dim(faces), seg)  # as the classify stage serves them
     return np.concatenate([model.predict(x[i : i + batch]).argmax(axis=1) for i in range(0, len(x), batch)])
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.vision.emotions import EMOTIONS
-from pipeline.vision.faces import FACE_SIZE, FER_FRAMING, SEGMENTATION_VERSION, model_input
+from pipeline.vision.faces import FACE_SIZE, FER_FRAMING, SEGMENTATION_VERSION, lift_dim, model_input
 from pipeline.vision.model import (
     METADATA_NAME,
     SEGMENTATION_MODES,
@@ -461,8 +461,11 @@ def _evaluate_and_write(out: Path, meta: dict, val_set: FaceSet, test_set: FaceS
     return meta
 
 
-def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256) -> dict:
-    """Classify already-cropped faces with the served (.tflite) model and score them."""
+def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256, lift: bool = True) -> dict:
+    """Classify already-cropped faces with the served (.tflite) model and score them.
+
+    ``lift``: dim faces are lifted first, as the classify stage does by default (``lift_dim``).
+    """
     info = model.info
     seg = None
     if info.segmentation:
@@ -470,7 +473,7 @@ def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256) -> dic
         seg = segmentation_channels(
             faces.images, info.segmentation_k, CACHE_DIR / f"seg-v{SEGMENTATION_VERSION}-k{info.segmentation_k}-eval-{pixels}.npy"
         )
-    probs = _predict(model, model_input(faces.images, seg), batch)
+    probs = _predict(model, model_input(lift_dim(faces.images) if lift else faces.images, seg), batch)
     return report.metrics(faces.labels, probs.argmax(axis=1), model.classes)
 
 

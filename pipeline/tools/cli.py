@@ -468,8 +468,14 @@ def ensemble(models, data, out_dir, mirror, quantize, score_test):
     type=click.Choice(["blur", "lowres", "jpeg", "dark", "noise"]),
     help="cropped faces only: degrade each face first (blur, 20-px face, JPEG q15, underexposed, sensor noise)",
 )
+@click.option(
+    "--no-lift-dim",
+    "no_lift",
+    is_flag=True,
+    help="score dim faces as they are (the classify stage lifts them by default: lift_dim)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def evaluate(data, model, detect, prefix, redetect, crop, degrade, as_json):
+def evaluate(data, model, detect, prefix, redetect, crop, degrade, no_lift, as_json):
     """Score a model on labelled images."""
     from train.evaluate import evaluate_folder
     from train.report import format_report
@@ -478,6 +484,10 @@ def evaluate(data, model, detect, prefix, redetect, crop, degrade, as_json):
     if degrade and (detect or redetect):
         raise click.UsageError("--degrade is for cropped faces: it excludes --detect and --redetect")
     if redetect:
+        if no_lift:
+            raise click.UsageError(
+                "--no-lift-dim is for cropped faces and --detect; --redetect scores faces as classify serves them"
+            )
         if detect:
             raise click.UsageError("--redetect and --detect exclude each other: --redetect is for cropped FER faces")
         from pipeline.vision.faces import Framing
@@ -492,7 +502,7 @@ def evaluate(data, model, detect, prefix, redetect, crop, degrade, as_json):
         result = redetect_folder(data, model, prefix, redetect, framing)
         click.echo(json.dumps(result) if as_json else format_redetect(result), nl=as_json)
         return
-    result = evaluate_folder(data, model, detect, prefix, degrade)
+    result = evaluate_folder(data, model, detect, prefix, degrade, lift=not no_lift)
     if as_json:
         click.echo(json.dumps(result))
         return

@@ -96,6 +96,26 @@ def crop_face(gray: np.ndarray, box: tuple[int, int, int, int] | list[int], fram
     return cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=interp)
 
 
+DIM_MEAN = 60  # a face darker than this on average (grey levels 0..255) is lifted; 2.5 % of FER2013's are
+
+
+def lift_dim(faces: np.ndarray, below: float = DIM_MEAN) -> np.ndarray:
+    """Stretch each dim face (N, 48, 48) uint8 linearly, its 1st-99th percentile of grey to 0..255.
+
+    FER2013's faces are well exposed (median mean grey 130), so a face from a dim room is unlike
+    what the CNN learned from. Faces whose mean is ``below`` or more come back as they are; a
+    new array only if one is lifted. Serving only (classify, ``evaluate``): training sees the
+    faces as they are.
+    """
+    dim = faces.reshape(len(faces), -1).mean(axis=1) < below
+    if not dim.any():
+        return faces
+    lo, hi = (v[:, None, None] for v in np.percentile(faces[dim], (1, 99), axis=(1, 2)))
+    lifted = faces.copy()
+    lifted[dim] = np.clip((faces[dim] - lo) * (255.0 / np.maximum(hi - lo, 1.0)), 0, 255).astype(faces.dtype)
+    return lifted
+
+
 def segment_face(face: np.ndarray, k: int = 4, spatial_weight: float = 0.35) -> np.ndarray:
     """Cluster a 48x48 gray face into ``k`` regions with K-means (OpenCV's ``cv2.kmeans``).
 

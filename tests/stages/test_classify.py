@@ -35,3 +35,34 @@ def test_without_a_budget_and_on_still_images_every_face_is_classified():
     photo.meta["kind"] = "folder"  # capture's mark on frames from an image folder
     assert all(f.probs is not None for f in faces_of(default.process(photo)))
     assert sum(f.probs is not None for f in faces_of(default.process(crowded_frame(0)))) == 2
+
+
+def face_grid(faces: np.ndarray, columns: int = 15) -> Message:
+    """Real 48x48 faces tiled on one frame, one box each (the box as is is the classifier's crop)."""
+    rows = -(-len(faces) // columns)
+    image = np.full((rows * 48, columns * 48), 128, np.uint8)
+    boxes = []
+    for i, face in enumerate(faces):
+        y, x = 48 * (i // columns), 48 * (i % columns)
+        image[y : y + 48, x : x + 48] = face
+        boxes.append([x, y, 48, 48])
+    return Message(seq=0, image=np.dstack([image] * 3), fields={FACES: [Face(box=b) for b in boxes]})
+
+
+def test_a_dim_face_is_lifted_to_the_label_it_has_in_good_light(fer_dir):
+    from train.data import load_image_folder
+
+    faces = load_image_folder(fer_dir / "test", "PublicTest_").images[::24]  # 150 real faces, every class
+    lifting, as_is = (Classify(ClassifyParams(faces_per_frame=None, lift_dim=on), name="c") for on in (True, False))
+    lifting.on_start()
+    as_is.on_start()
+
+    def labels(stage, msg):
+        return np.array([f.emotion for f in faces_of(stage.process(msg))])
+
+    lit = labels(as_is, face_grid(faces))
+    well_lit = faces.mean(axis=(1, 2)) >= 60  # all but 4: those are left as they are
+    assert well_lit.sum() > 140 and np.array_equal(labels(lifting, face_grid(faces))[well_lit], lit[well_lit])
+    dim = face_grid(np.rint(faces * 0.2).astype(np.uint8))  # a fifth of the light
+    agree_lifted, agree_as_is = (np.mean(labels(stage, dim) == lit) for stage in (lifting, as_is))
+    assert agree_lifted > agree_as_is + 0.05 and agree_lifted > 0.8, (agree_lifted, agree_as_is)

@@ -51,3 +51,15 @@ def test_the_cli_scores_degraded_faces_and_offers_every_degradation(few_public, 
     assert r["confusion"] != clean["confusion"]  # the faces the model saw were not the clean ones
     refused = runner.invoke(main, [*args, "--degrade", "blur", "--detect"])
     assert refused.exit_code == 2 and "cropped faces" in refused.output
+
+
+def test_dark_faces_are_scored_as_classify_serves_them_unless_told_not_to(few_public, model_dir):
+    runner = CliRunner()
+    args = ["evaluate", "--data", str(few_public), "--model", str(model_dir), "--prefix", "PublicTest_", "--json"]
+    lifted, as_is = (
+        json.loads(runner.invoke(main, [*args, "--degrade", "dark", *flag]).output) for flag in ([], ["--no-lift-dim"])
+    )
+    assert lifted["lift_dim"] is True and as_is["lift_dim"] is False
+    assert lifted["confusion"] != as_is["confusion"]  # nearly every face a third as bright is lifted
+    refused = runner.invoke(main, [*args[:-1], "--redetect", "grey", "--no-lift-dim"])
+    assert refused.exit_code == 2 and "--no-lift-dim" in refused.output
