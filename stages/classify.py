@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from pipeline.errors import ModelError
 from pipeline.streaming.message import Message
 from pipeline.streaming.stage import IMAGE, Contract, Params, Stage
-from pipeline.vision.faces import SEGMENTATION_VERSION, crop_face, lift_dim, model_input, segmentation_channel, to_gray
+from pipeline.vision.faces import DIM_MEAN, SEGMENTATION_VERSION, crop_face, lift_dim, model_input, segmentation_channel, to_gray
 from pipeline.vision.model import METADATA_NAME, EmotionModel, ModelInfo, resolve_model_path
 from pipeline.vision.record import faces_in_budget
 
@@ -20,7 +20,7 @@ class ClassifyParams(Params):
     model: str | None = Field(None, description="model directory or .tflite file; None: the shipped models/default")
     threads: int = Field(1, ge=1, le=64, description="interpreter threads per worker")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="below this the label is 'uncertain' (probabilities are kept)")
-    lift_dim: bool = Field(True, description="stretch a dim face (mean grey below 60) to full contrast before the CNN")
+    lift_dim: bool = Field(True, description=f"stretch a dim face (mean grey below {DIM_MEAN}) to full contrast before the CNN")
     faces_per_frame: int | None = Field(
         2, ge=1, le=256, description="faces classified a frame, in turns (track carries labels); None: all; image folders: all"
     )

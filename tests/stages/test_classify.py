@@ -1,6 +1,7 @@
 import numpy as np
 
 from pipeline.streaming.message import Message
+from pipeline.vision.faces import DIM_MEAN
 from pipeline.vision.record import FACES, Face, faces_of
 from stages.classify import Classify, ClassifyParams
 from stages.segment import Segment, SegmentParams
@@ -61,7 +62,7 @@ def test_a_dim_face_is_lifted_to_the_label_it_has_in_good_light(fer_dir):
         return np.array([f.emotion for f in faces_of(stage.process(msg))])
 
     lit = labels(as_is, face_grid(faces))
-    well_lit = faces.mean(axis=(1, 2)) >= 60  # all but 4: those are left as they are
+    well_lit = faces.mean(axis=(1, 2)) >= DIM_MEAN  # all but 4: those are left as they are
     assert well_lit.sum() > 140 and np.array_equal(labels(lifting, face_grid(faces))[well_lit], lit[well_lit])
     dim = face_grid(np.rint(faces * 0.2).astype(np.uint8))  # a fifth of the light
     agree_lifted, agree_as_is = (np.mean(labels(stage, dim) == lit) for stage in (lifting, as_is))
