@@ -107,7 +107,7 @@ def lift_dim(faces: np.ndarray, below: float = DIM_MEAN) -> np.ndarray:
     new array only if one is lifted. Serving only (classify, ``evaluate``): training sees the
     faces as they are.
     """
-    dim = faces.reshape(len(faces), -1).mean(axis=1) < below
+    dim = faces.mean(axis=(1, 2)) < below
     if not dim.any():
         return faces
     lo, hi = (v[:, None, None] for v in np.percentile(faces[dim], (1, 99), axis=(1, 2)))

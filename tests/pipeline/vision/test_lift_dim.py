@@ -22,8 +22,9 @@ def test_only_the_dim_face_is_stretched_and_its_order_kept():
     assert np.array_equal(faces, gradient_faces())  # the input is not changed in place
 
 
-def test_well_lit_faces_come_back_untouched_and_a_flat_dark_face_does_not_divide_by_zero():
+def test_well_lit_faces_come_back_untouched_and_flat_or_no_faces_do_no_harm():
     faces = gradient_faces()[:1]
     assert lift_dim(faces) is faces
     flat = np.full((1, 48, 48), 20, np.uint8)
     assert np.array_equal(lift_dim(flat), np.zeros_like(flat))
+    assert lift_dim(np.zeros((0, 48, 48), np.uint8)).shape == (0, 48, 48)
