@@ -302,7 +302,8 @@ def _check_resumed_options(cfg: TrainConfig, path: Path) -> dict:
     options = {k: v for k, v in cfg.__dict__.items() if k not in _FREE_ON_RESUME}
     if cfg.resume and path.exists():
         started = json.loads(path.read_text())
-        changed = [f"{k} {started.get(k)!r} -> {v!r}" for k, v in options.items() if started.get(k) != v]
+        # Only what the run recorded: an option added since it started cannot have been given then.
+        changed = [f"{k} {was!r} -> {options[k]!r}" for k, was in started.items() if k in options and options[k] != was]
         if changed:
             raise DataError(f"{cfg.out}: --resume with other training options than the run started with "
                             f"({', '.join(changed)}); give the options it started with")  # fmt: skip
