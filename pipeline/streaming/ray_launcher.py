@@ -72,6 +72,10 @@ PLACE_TIMEOUT_S = 60.0  # for Ray to reserve every worker's bundle, and for the 
 POLL_WAIT_S = 0.2  # how long an actor holds a poll open when it has no event
 RETRY_S = 0.2  # between calls to an actor Ray is restarting
 NODE_CHECK_S = 2.0  # how often the driver asks Ray which nodes are alive
+# Through Ray Client, the head forks a server for each driver, and that child can die at once in
+# a gRPC race (Ray issue #63202; 4 connections in 24 here, in pairs): the connection is tried again.
+CLIENT_ATTEMPTS = 4
+CLIENT_SERVER_DIED = ("Starting Ray client server failed", "start_specific_server")  # dead, or dead already a zombie
 ACTOR_DIED = -1  # exit code of a worker whose actor process died (Ray restarts it, or gave up)
 
 
@@ -270,10 +274,25 @@ class RayLauncher(Launcher):
         # ray.init installs its own SIGTERM handler; the CLI's (stop cleanly, sinks flush) must stay.
         main = threading.current_thread() is threading.main_thread()
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+        runtime_env = self._ship()
         try:
-            ray.init(address=self.address, runtime_env=self._ship(), log_to_driver=True, logging_level=logging.WARNING)
-        except ConnectionError as exc:
-            raise PipelineError(f"--address {self.address}: no Ray cluster there ({exc})") from None
+            for attempt in range(1, CLIENT_ATTEMPTS + 1):
+                try:
+                    ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=True,
+                             logging_level=logging.WARNING)  # fmt: skip
+                    break
+                except ConnectionError as exc:
+                    if not any(sign in str(exc) for sign in CLIENT_SERVER_DIED):
+                        raise PipelineError(f"--address {self.address}: no Ray cluster there ({exc})") from None
+                    if attempt == CLIENT_ATTEMPTS:
+                        raise PipelineError(
+                            f"--address {self.address}: the cluster's Ray Client server failed to start a server "
+                            f"for this driver {CLIENT_ATTEMPTS} times (Ray issue #63202; start the head node "
+                            "with GRPC_ENABLE_FORK_SUPPORT=0 in its environment)"
+                        ) from None
+                    log.warning("--address %s: the cluster's Ray Client server failed to start a server for this "
+                                "driver (Ray issue #63202); trying again (%d of %d)",
+                                self.address, attempt + 1, CLIENT_ATTEMPTS)  # fmt: skip
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)

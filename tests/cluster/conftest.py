@@ -34,6 +34,9 @@ from tests.conftest import free_port
 
 FIGURES: list[str] = []
 NODE_CPUS = 2
+# As the README starts the head: its Ray Client server forks a server per driver, and with gRPC's
+# fork handlers on, that child dies at once in ~1 start in 6 here (Ray issue #63202).
+HEAD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "0"}
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -83,7 +86,7 @@ def _start_nodes(cluster: RayCluster, prefixes: list[list[str]]) -> None:
     head = [RAY, "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}", "--include-dashboard=false",
             f"--ray-client-server-port={cluster.client.rpartition(':')[2]}", f"--temp-dir={cluster.folder / 'head'}",
             '--resources={"camera": 1}', "--labels=role=camera", f"--num-cpus={NODE_CPUS}", "--disable-usage-stats"]  # fmt: skip
-    _ray_start(cluster, prefixes[0], head)
+    _ray_start(cluster, prefixes[0], head, extra_env=HEAD_ENV)
     start_compute_node(cluster, prefixes[1])
 
 
@@ -97,8 +100,8 @@ def start_compute_node(cluster: RayCluster, prefix: list[str]) -> None:
     _ray_start(cluster, prefix, other)
 
 
-def _ray_start(cluster: RayCluster, prefix: list[str], command: list[str]) -> None:
-    result = _sh(*prefix, *command, check=False, env={**os.environ, **cluster.env})
+def _ray_start(cluster: RayCluster, prefix: list[str], command: list[str], extra_env: dict | None = None) -> None:
+    result = _sh(*prefix, *command, check=False, env={**os.environ, **cluster.env, **(extra_env or {})})
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 

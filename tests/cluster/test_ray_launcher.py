@@ -294,12 +294,18 @@ def test_start_up_overhead_against_the_process_launcher(ray_cluster, video, mode
     assert overhead < 30
 
 
+def client_server_logs(cluster: RayCluster) -> str:
+    """The tails of the head node's Ray Client server logs, to tell why a Ray Client driver failed."""
+    logs = sorted((cluster.folder / "head").glob("session_2*/logs/ray_client_server*"))  # not session_latest: the same
+    return "".join(f"\n--- {path.name}:\n{path.read_text(errors='replace')[-1500:]}" for path in logs)
+
+
 def test_a_driver_through_ray_client_ships_the_checkout_and_runs_the_same(ray_cluster, video, model_dir, tmp_path):
     """``--address ray://HEAD:10001`` from the other node: Ray Client, the checkout sent as Ray's working_dir."""
     args = ray_run(ray_cluster, video, tmp_path, "--set", "capture.pacing=max", "--set", "capture.max_frames=30")
     args[args.index("--address") + 1] = ray_cluster.client
     code, output = run_driver(ray_cluster, *args, prefix=ray_cluster.client_prefix)
-    assert code == 0, output[-4000:]
+    assert code == 0, output[-4000:] + client_server_logs(ray_cluster)
     assert nodes_of(output)["capture"] == ray_cluster.nodes["camera"]
     assert "sending this checkout" in output and "as Ray's working_dir" in output
     with sqlite3.connect(tmp_path / "emotions.sqlite") as db:
