@@ -467,6 +467,12 @@ def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256, lift: 
 
     ``lift``: dim faces are lifted first, as the classify stage does by default (``lift_dim``).
     """
+    probs = served_probabilities(model, faces, batch, lift)
+    return report.metrics(faces.labels, probs.argmax(axis=1), model.classes)
+
+
+def served_probabilities(model: EmotionModel, faces: FaceSet, batch: int = 256, lift: bool = True) -> np.ndarray:
+    """The served model's probabilities (N, classes) for already-cropped faces, as ``evaluate_faces`` scores them."""
     info = model.info
     seg = None
     if info.segmentation:
@@ -474,8 +480,7 @@ def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256, lift: 
         seg = segmentation_channels(
             faces.images, info.segmentation_k, CACHE_DIR / f"seg-v{SEGMENTATION_VERSION}-k{info.segmentation_k}-eval-{pixels}.npy"
         )
-    probs = _predict(model, model_input(lift_dim(faces.images) if lift else faces.images, seg), batch)
-    return report.metrics(faces.labels, probs.argmax(axis=1), model.classes)
+    return _predict(model, model_input(lift_dim(faces.images) if lift else faces.images, seg), batch)
 
 
 def _predict(model: EmotionModel, x: np.ndarray, batch: int = 256) -> np.ndarray:

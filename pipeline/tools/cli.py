@@ -513,6 +513,31 @@ def evaluate(data, model, detect, prefix, redetect, crop, degrade, no_lift, as_j
         click.echo(f"skipped {len(result['skipped'])} unreadable images")
 
 
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="image folder with one subfolder per FER class name (FER2013's test/)",
+)
+@click.option("--prefix", default="PublicTest_", show_default=True, help="only files whose name starts with this")
+@click.option("--max-members", default=4, show_default=True, type=click.IntRange(1, 8), help="largest combination")
+@click.option("--baseline", metavar="A+B", help="a combination (directory names joined by +): each row's gain over it")
+@click.option("--limit", type=click.IntRange(1), help="at most N faces per class (quick runs)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def compare(models, data, prefix, max_members, baseline, limit, as_json):
+    """Score models and every average of up to --max-members of them, clean and degraded, as served."""
+    from train.compare import compare as compare_models
+    from train.compare import format_compare
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    if prefix and prefix.startswith("PrivateTest"):
+        click.echo("warning: PrivateTest is the test split: a combination chosen on it has an optimistic score", err=True)
+    result = compare_models(list(models), data, prefix or None, max_members, baseline, limit)
+    click.echo(json.dumps(result) if as_json else format_compare(result), nl=as_json)
+
+
 @main.command("evaluate-detect")
 @click.option(
     "--data", required=True, type=click.Path(exists=True, file_okay=False), help="WIDER FACE folder (images/, boxes.csv)"
