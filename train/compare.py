@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,7 @@ COST_FACES = 300  # faces timed a model, in each of 3 rounds
 class Scored:
     """One model's served probabilities on each condition of ``MIX``."""
 
-    name: str
-    parameters: int
+    parameters: int | None  # None: not in its model.json
     probabilities: dict[str, np.ndarray]  # condition -> (N, classes)
 
 
@@ -51,11 +51,17 @@ def first_per_class(faces: FaceSet, limit: int) -> FaceSet:
     return FaceSet(faces.images[keep], faces.labels[keep], [faces.paths[i] for i in keep], faces.skipped)
 
 
-def score_model(path: Path, conditions: dict[str, FaceSet], lift: bool = True) -> Scored:
-    model = EmotionModel(path)
-    info = json.loads((path / "model.json").read_text()) if (path / "model.json").is_file() else {}
-    probabilities = {name: served_probabilities(model, faces, lift=lift) for name, faces in conditions.items()}
-    return Scored(path.name, int(info.get("parameters", 0)), probabilities)
+def parse_baseline(baseline: str, names: list[str]) -> tuple[str, ...]:
+    """``A+B`` -> the members in the order the models were given; each must be one of ``names``, once."""
+    members = baseline.split("+")
+    unknown = [m for m in members if m not in names]
+    if unknown:
+        raise DataError(
+            f"--baseline {baseline}: {', '.join(repr(m) for m in unknown)} not among the models given ({', '.join(names)})"
+        )
+    if len(set(members)) != len(members):
+        raise DataError(f"--baseline {baseline}: a model named twice")
+    return tuple(sorted(members, key=names.index))
 
 
 def compare(
@@ -76,9 +82,12 @@ def compare(
     names = [path.name for path in models]
     if len(set(names)) != len(names):
         raise DataError(f"models: two directories have the same name ({', '.join(names)}); rows are named by it")
-    wanted = tuple(baseline.split("+")) if baseline else None
-    if wanted and set(wanted) - set(names):
-        raise DataError(f"--baseline {baseline}: {', '.join(sorted(set(wanted) - set(names)))} not among the models given")
+    base_members = parse_baseline(baseline, names) if baseline else None
+    served = {path.name: EmotionModel(path, threads=1) for path in models}  # a bad directory fails here, first
+    classes = served[names[0]].classes
+    for name, model in served.items():
+        if model.classes != classes:
+            raise DataError(f"{name}: classes {', '.join(model.classes)} differ from {names[0]}'s {', '.join(classes)}")
     faces = load_image_folder(data, prefix)
     if limit:
         faces = first_per_class(faces, limit)
@@ -88,40 +97,64 @@ def compare(
     scored = {}
     for path in models:
         log.info("scoring %s on %d faces x %d conditions", path, len(faces), len(conditions))
-        scored[path.name] = score_model(path, conditions, lift)
-    cost = face_cost_ms(models, faces.images[:COST_FACES])
-    classes = EmotionModel(models[0]).classes
+        model = served[path.name]
+        probabilities = {kind: served_probabilities(model, degraded, lift=lift) for kind, degraded in conditions.items()}
+        scored[path.name] = Scored(_parameters(path), probabilities)
+    log.info("timing each model on %d faces", min(COST_FACES, len(faces)))
+    cost = face_cost_ms(served, faces.images[:COST_FACES])
     combos = [c for r in range(1, min(max_members, len(names)) + 1) for c in itertools.combinations(names, r)]
-    if wanted and tuple(sorted(wanted, key=names.index)) not in combos:
-        combos.append(tuple(sorted(wanted, key=names.index)))
-    right = {combo: _right(combo, scored, faces.labels) for combo in combos}
-    base = right[tuple(sorted(wanted, key=names.index))] if wanted else None
-    rows = []
-    for combo in combos:
-        per_face = right[combo]  # (conditions, N) bool
-        clean_pred = np.mean([scored[n].probabilities["clean"] for n in combo], axis=0).argmax(axis=1)
-        row = {
-            "members": list(combo),
-            "parameters": sum(scored[n].parameters for n in combo),
-            "ms_a_face": round(sum(cost[n] for n in combo), 2),
-            "accuracy": {c: round(100 * float(per_face[i].mean()), 2) for i, c in enumerate(MIX)},
-            "mix": round(100 * float(per_face.mean()), 2),
-            "recall": {c: round(_recall(faces.labels, clean_pred, classes.index(c)), 3) for c in RECALLS},
-        }
-        if base is not None:
-            row["gain"] = _paired_gain(per_face.mean(axis=0), base.mean(axis=0), resamples)
-        rows.append(row)
-    rows.sort(key=lambda row: -row["mix"])
+    if base_members and base_members not in combos:
+        combos.append(base_members)
+    rows = _rows(combos, scored, cost, faces.labels, classes, base_members, resamples)
     return {"data": str(data), "prefix": prefix, "n": len(faces), "conditions": list(MIX), "baseline": baseline, "rows": rows}
 
 
-def face_cost_ms(models: list[Path], faces: np.ndarray, rounds: int = 3) -> dict[str, float]:
+def _rows(
+    combos: list[tuple[str, ...]],
+    scored: dict[str, Scored],
+    cost: dict[str, float],
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    base_members: tuple[str, ...] | None,
+    resamples: int,
+) -> list[dict[str, Any]]:
+    """A row of figures for each combination, best mix first."""
+    predicted = {combo: _predicted(combo, scored) for combo in combos}
+    base = _right(predicted[base_members], labels) if base_members else None
+    rows = []
+    for combo in combos:
+        right = _right(predicted[combo], labels)  # (conditions, N) bool
+        clean = predicted[combo][MIX.index("clean")]
+        row = {
+            "members": list(combo),
+            "parameters": _total(scored[n].parameters for n in combo),
+            "ms_a_face": round(sum(cost[n] for n in combo), 2),
+            "accuracy": {c: round(100 * float(right[i].mean()), 2) for i, c in enumerate(MIX)},
+            "mix": round(100 * float(right.mean()), 2),
+            "recall": {c: _recall(labels, clean, classes.index(c)) for c in RECALLS},
+        }
+        if base is not None:
+            row["gain"] = paired_gain(right.mean(axis=0), base.mean(axis=0), resamples)
+        rows.append(row)
+    return sorted(rows, key=lambda row: -row["mix"])
+
+
+def _parameters(path: Path) -> int | None:
+    """The parameter count ``train``/``ensemble`` wrote in ``model.json`` (None if it is not there)."""
+    try:
+        return int(json.loads((path / "model.json").read_text())["parameters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def face_cost_ms(served: dict[str, EmotionModel], faces: np.ndarray, rounds: int = 3) -> dict[str, float]:
     """Median ms to classify one face with each model as classify serves it (LiteRT, one thread).
 
     The models take turns, a round each, so a busy machine slows them alike. A combination
-    costs about the sum of its members: the served ensemble runs each member's graph.
+    costs about the sum of its members: the served ensemble runs each member's graph. A model
+    trained with segmentation gets its K-means channel, whose cost (the segment stage's) is not
+    counted.
     """
-    served = {path.name: EmotionModel(path, threads=1) for path in models}
     inputs = {name: _served_input(model, faces) for name, model in served.items()}
     times: dict[str, list[float]] = {name: [] for name in served}
     for _ in range(rounds):
@@ -134,23 +167,32 @@ def face_cost_ms(models: list[Path], faces: np.ndarray, rounds: int = 3) -> dict
 
 
 def _served_input(model: EmotionModel, faces: np.ndarray) -> np.ndarray:
-    """The CNN's input; a model trained with segmentation also gets its K-means channel (not timed)."""
+    """The CNN's input; a model trained with segmentation also gets its K-means channel."""
     seg = segmentation_channels(faces, model.info.segmentation_k) if model.info.segmentation else None
     return model_input(faces, seg)
 
 
-def _right(combo: tuple[str, ...], scored: dict[str, Scored], labels: np.ndarray) -> np.ndarray:
-    """(conditions, N): whether the combination's averaged probabilities are right on each face."""
-    return np.stack([np.mean([scored[n].probabilities[c] for n in combo], axis=0).argmax(axis=1) == labels for c in MIX])
+def _predicted(combo: tuple[str, ...], scored: dict[str, Scored]) -> np.ndarray:
+    """(conditions, N): the class the combination's averaged probabilities give each face."""
+    return np.stack([np.mean([scored[n].probabilities[c] for n in combo], axis=0).argmax(axis=1) for c in MIX])
 
 
-def _recall(labels: np.ndarray, predicted: np.ndarray, cls: int) -> float:
+def _right(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return predicted == labels[None, :]
+
+
+def _recall(labels: np.ndarray, predicted: np.ndarray, cls: int) -> float | None:
+    """Share of class ``cls`` predicted as such, 3 decimals; None when no face of it was scored."""
     mask = labels == cls
-    return float((predicted[mask] == cls).mean()) if mask.any() else float("nan")
+    return round(float((predicted[mask] == cls).mean()), 3) if mask.any() else None
 
 
-def _paired_gain(ours: np.ndarray, theirs: np.ndarray, resamples: int, seed: int = 0) -> dict[str, float]:
-    """Mix gain in points, and its 95 % paired bootstrap interval (per face: share of conditions right)."""
+def paired_gain(ours: np.ndarray, theirs: np.ndarray, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean gain in points, and its 95 % paired bootstrap interval.
+
+    ``ours`` and ``theirs`` hold one score per face (here: its share of conditions right), for the
+    same faces: each resample draws faces, and both are scored on the same draw.
+    """
     diff = ours - theirs
     rng = np.random.default_rng(seed)
     means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)])
@@ -159,18 +201,32 @@ def _paired_gain(ours: np.ndarray, theirs: np.ndarray, resamples: int, seed: int
 
 
 def format_compare(result: dict[str, Any]) -> str:
+    """The result of ``compare`` as a table, one row a combination, best mix first."""
     head = f"{'members':<48} {'M par':>6} {'ms':>5} " + " ".join(f"{c:>7}" for c in MIX) + f" {'mix':>7}  fear/sad"
     if result["baseline"]:
         head += f"  gain over {result['baseline']} (95 % CI)"
     lines = [f"{result['data']} {result['prefix'] or ''}* : {result['n']} faces, accuracy % as served", head]
     for row in result["rows"]:
         line = (
-            f"{'+'.join(row['members']):<48} {row['parameters'] / 1e6:6.2f} {row['ms_a_face']:5.2f} "
+            f"{'+'.join(row['members']):<48} {_millions(row['parameters']):>6} {row['ms_a_face']:5.2f} "
             + " ".join(f"{row['accuracy'][c]:7.2f}" for c in MIX)
-            + f" {row['mix']:7.2f}  {row['recall']['fear']:.2f}/{row['recall']['sad']:.2f}"
+            + f" {row['mix']:7.2f}  {_share(row['recall']['fear'])}/{_share(row['recall']['sad'])}"
         )
         if "gain" in row:
             gain = row["gain"]
             line += f"  {gain['points']:+.2f} ({gain['low']:+.2f} .. {gain['high']:+.2f})"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    counts = list(counts)
+    return None if None in counts else sum(counts)
+
+
+def _millions(parameters: int | None) -> str:
+    return "-" if parameters is None else f"{parameters / 1e6:.2f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"

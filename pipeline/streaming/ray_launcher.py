@@ -24,6 +24,7 @@ driver reads the pairs it names and each worker's plan carries its host's secret
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -75,7 +76,7 @@ NODE_CHECK_S = 2.0  # how often the driver asks Ray which nodes are alive
 # Through Ray Client, the head forks a server for each driver, and that child can die at once in
 # a gRPC race (Ray issue #63202; 4 connections in 24 here, in pairs): the connection is tried again.
 CLIENT_ATTEMPTS = 4
-CLIENT_SERVER_DIED = ("Starting Ray client server failed", "start_specific_server")  # dead, or dead already a zombie
+CLIENT_SERVER_DIED = ("Starting Ray client server failed", "ZombieProcess")  # dead, or dead before Ray looked
 ACTOR_DIED = -1  # exit code of a worker whose actor process died (Ray restarts it, or gave up)
 
 
@@ -278,17 +279,18 @@ class RayLauncher(Launcher):
         try:
             for attempt in range(1, CLIENT_ATTEMPTS + 1):
                 try:
-                    ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=True,
-                             logging_level=logging.WARNING)  # fmt: skip
+                    ray.init(address=self.address, runtime_env=copy.deepcopy(runtime_env),  # Ray rewrites it
+                             log_to_driver=True, logging_level=logging.WARNING)  # fmt: skip
                     break
                 except ConnectionError as exc:
                     if not any(sign in str(exc) for sign in CLIENT_SERVER_DIED):
                         raise PipelineError(f"--address {self.address}: no Ray cluster there ({exc})") from None
                     if attempt == CLIENT_ATTEMPTS:
+                        last = str(exc).strip().splitlines()[-1]
                         raise PipelineError(
                             f"--address {self.address}: the cluster's Ray Client server failed to start a server "
-                            f"for this driver {CLIENT_ATTEMPTS} times (Ray issue #63202; start the head node "
-                            "with GRPC_ENABLE_FORK_SUPPORT=0 in its environment)"
+                            f"for this driver {CLIENT_ATTEMPTS} times, the last: {last} (Ray issue #63202; start "
+                            "the head node with GRPC_ENABLE_FORK_SUPPORT=0 in its environment)"
                         ) from None
                     log.warning("--address %s: the cluster's Ray Client server failed to start a server for this "
                                 "driver (Ray issue #63202); trying again (%d of %d)",

@@ -4,15 +4,67 @@ combination on a few real FER2013 faces, clean and degraded; checked against ``e
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pipeline.errors import DataError
 from tests.conftest import PYTHON, ROOT
 from tests.train.test_train import evaluate_cli, small_fer  # noqa: F401 (a fixture)
+from train.compare import MIX, Scored, _predicted, _recall, compare, first_per_class, paired_gain, parse_baseline
+from train.data import FaceSet
 
-pytestmark = pytest.mark.training
 MEMBERS = ROOT / "models" / "default" / "members"
+
+
+def test_a_combination_averages_its_members_probabilities():
+    # Two faces, two classes: A is sure and wrong on face 0, B unsure and right; the average follows A.
+    a = np.array([[0.9, 0.1], [0.2, 0.8]])
+    b = np.array([[0.4, 0.6], [0.3, 0.7]])
+    scored = {"A": Scored(1, {c: a for c in MIX}), "B": Scored(1, {c: b for c in MIX})}
+    assert _predicted(("A", "B"), scored).tolist() == [[0, 1]] * len(MIX)
+    assert _predicted(("B",), scored).tolist() == [[1, 1]] * len(MIX)
+
+
+def test_the_gain_interval_is_paired():
+    # One model right on the 50 faces the other is right on, and on 10 more of 100: +10 points.
+    # Resampled in pairs the interval is 5..16; resampling each model's faces on its own draw
+    # would give about -4..+24, taking in 0.
+    theirs = np.r_[np.ones(50), np.zeros(50)]
+    ours = np.r_[np.ones(60), np.zeros(40)]
+    gain = paired_gain(ours, theirs, resamples=200)
+    assert gain["points"] == 10.0 and 0 < gain["low"] < 10 < gain["high"] and gain["high"] - gain["low"] < 15
+    assert paired_gain(theirs, theirs, resamples=50) == {"points": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_recall_of_a_class_with_no_face_is_none_not_nan():
+    labels, predicted = np.array([0, 0, 1]), np.array([0, 1, 1])
+    assert _recall(labels, predicted, 0) == 0.5 and _recall(labels, predicted, 2) is None
+
+
+def test_limit_keeps_the_first_faces_of_each_class():
+    labels = np.array([2, 0, 2, 2, 0, 1])
+    faces = FaceSet(np.arange(6)[:, None, None].astype(np.uint8), labels, [f"f{i}" for i in range(6)])
+    kept = first_per_class(faces, 2)
+    assert kept.paths == ["f0", "f1", "f2", "f4", "f5"] and kept.labels.tolist() == [2, 0, 2, 0, 1]
+
+
+@pytest.mark.parametrize(
+    ("baseline", "message"),
+    [("A+C", "'C' not among the models given (A, B)"), ("A+", "'' not among"), ("A+A", "a model named twice")],
+)
+def test_a_bad_baseline_is_refused_naming_what_is_wrong(baseline, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        parse_baseline(baseline, ["A", "B"])
+    assert parse_baseline("B+A", ["A", "B"]) == ("A", "B")
+
+
+def test_two_models_with_one_name_are_refused_before_anything_is_read():
+    with pytest.raises(DataError, match="two directories have the same name"):
+        compare([Path("runs/x/model"), Path("other/model")], "no-such-folder")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -34,6 +86,7 @@ def served_members(small_fer, tmp_path_factory):  # noqa: F811
     return served
 
 
+@pytest.mark.training
 def test_compare_scores_each_model_and_their_average_as_evaluate_does(served_members, small_fer):  # noqa: F811
     a, b = served_members
     test = small_fer / "test"
@@ -62,7 +115,8 @@ def test_compare_scores_each_model_and_their_average_as_evaluate_does(served_mem
     assert "A+B" not in table.stdout and "42 faces" in table.stdout
 
 
+@pytest.mark.training
 def test_compare_refuses_a_baseline_it_was_not_given(served_members, small_fer):  # noqa: F811
     result = cli("compare", str(served_members[0]), "--data", str(small_fer / "test"), "--baseline", "A+C")
     assert result.returncode == 2
-    assert "--baseline A+C: C not among the models given" in result.stderr
+    assert "--baseline A+C: 'C' not among the models given (A)" in result.stderr
