@@ -12,7 +12,6 @@ combination's gain over it: the same faces resampled for both.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -23,11 +22,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.vision.faces import model_input
 from pipeline.vision.model import EmotionModel
-from train.data import FaceSet, load_image_folder, segmentation_channels
+from train.data import FaceSet, first_per_class, load_image_folder
 from train.degrade import degrade
-from train.train import served_probabilities
+from train.train import served_input, served_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +40,6 @@ class Scored:
 
     parameters: int | None  # None: not in its model.json
     probabilities: dict[str, np.ndarray]  # condition -> (N, classes)
-
-
-def first_per_class(faces: FaceSet, limit: int) -> FaceSet:
-    """At most ``limit`` faces of each class, the first in file order (quick, repeatable runs)."""
-    keep = np.concatenate([np.flatnonzero(faces.labels == c)[:limit] for c in np.unique(faces.labels)])
-    keep.sort()
-    return FaceSet(faces.images[keep], faces.labels[keep], [faces.paths[i] for i in keep], faces.skipped)
 
 
 def parse_baseline(baseline: str, names: list[str]) -> tuple[str, ...]:
@@ -99,7 +90,7 @@ def compare(
         log.info("scoring %s on %d faces x %d conditions", path, len(faces), len(conditions))
         model = served[path.name]
         probabilities = {kind: served_probabilities(model, degraded, lift=lift) for kind, degraded in conditions.items()}
-        scored[path.name] = Scored(_parameters(path), probabilities)
+        scored[path.name] = Scored(model.info.raw.get("parameters"), probabilities)  # as train/ensemble wrote it
     log.info("timing each model on %d faces", min(COST_FACES, len(faces)))
     cost = face_cost_ms(served, faces.images[:COST_FACES])
     combos = [c for r in range(1, min(max_members, len(names)) + 1) for c in itertools.combinations(names, r)]
@@ -139,14 +130,6 @@ def _rows(
     return sorted(rows, key=lambda row: -row["mix"])
 
 
-def _parameters(path: Path) -> int | None:
-    """The parameter count ``train``/``ensemble`` wrote in ``model.json`` (None if it is not there)."""
-    try:
-        return int(json.loads((path / "model.json").read_text())["parameters"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def face_cost_ms(served: dict[str, EmotionModel], faces: np.ndarray, rounds: int = 3) -> dict[str, float]:
     """Median ms to classify one face with each model as classify serves it (LiteRT, one thread).
 
@@ -155,7 +138,7 @@ def face_cost_ms(served: dict[str, EmotionModel], faces: np.ndarray, rounds: int
     trained with segmentation gets its K-means channel, whose cost (the segment stage's) is not
     counted.
     """
-    inputs = {name: _served_input(model, faces) for name, model in served.items()}
+    inputs = {name: served_input(model, faces) for name, model in served.items()}
     times: dict[str, list[float]] = {name: [] for name in served}
     for _ in range(rounds):
         for name, model in served.items():
@@ -164,12 +147,6 @@ def face_cost_ms(served: dict[str, EmotionModel], faces: np.ndarray, rounds: int
                 model.predict(face[None])
                 times[name].append(time.perf_counter() - start)
     return {name: 1000 * float(np.median(t)) for name, t in times.items()}
-
-
-def _served_input(model: EmotionModel, faces: np.ndarray) -> np.ndarray:
-    """The CNN's input; a model trained with segmentation also gets its K-means channel."""
-    seg = segmentation_channels(faces, model.info.segmentation_k) if model.info.segmentation else None
-    return model_input(faces, seg)
 
 
 def _predicted(combo: tuple[str, ...], scored: dict[str, Scored]) -> np.ndarray:

@@ -102,6 +102,13 @@ def load_image_folder(root: str | Path, prefix: str | None = None) -> FaceSet:
     return FaceSet(np.stack(images), np.asarray(labels, dtype=np.int32), paths, skipped)
 
 
+def first_per_class(faces: FaceSet, limit: int) -> FaceSet:
+    """At most ``limit`` faces of each class, the first in file order (quick, repeatable runs)."""
+    keep = np.concatenate([np.flatnonzero(faces.labels == c)[:limit] for c in np.unique(faces.labels)])
+    keep.sort()
+    return FaceSet(faces.images[keep], faces.labels[keep], [faces.paths[i] for i in keep], faces.skipped)
+
+
 def load_fer_csv(path: str | Path, usage: str) -> FaceSet:
     """Load one usage (``Training``, ``PublicTest``, ``PrivateTest``) of the original fer2013.csv."""
     images, labels, paths, skipped = [], [], [], []

@@ -35,7 +35,7 @@ from pipeline.vision.model import (
     resolve_model_path,
 )
 from train import report
-from train.data import FaceSet, load_splits, segmentation_channels
+from train.data import FaceSet, first_per_class, load_splits, segmentation_channels
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +103,6 @@ def _channels(faces: FaceSet, cfg: TrainConfig, name: str) -> np.ndarray:
     seg = segmentation_channels(faces.images, cfg.segmentation_k, cache)
     log.info("segmentation channel for %s: %d faces in %.1fs (cache %s)", name, len(faces), time.time() - t0, cache)
     return model_input(faces.images, seg)
-
-
-def _limit(faces: FaceSet, per_class: int) -> FaceSet:
-    keep = np.concatenate([np.flatnonzero(faces.labels == c)[:per_class] for c in range(len(EMOTIONS))])
-    keep.sort()
-    return FaceSet(faces.images[keep], faces.labels[keep], [faces.paths[i] for i in keep], faces.skipped)
 
 
 def class_weights(labels: np.ndarray, power: float) -> np.ndarray:
@@ -216,7 +210,7 @@ def run_training(cfg: TrainConfig) -> dict:
     t0 = time.time()
     train_set, val_set, test_set = load_splits(cfg.data)
     if cfg.limit:
-        train_set, val_set = _limit(train_set, cfg.limit), _limit(val_set, max(cfg.limit // 4, 8))
+        train_set, val_set = first_per_class(train_set, cfg.limit), first_per_class(val_set, max(cfg.limit // 4, 8))
     log.info(
         "data: %d train, %d validation, %s test faces, loaded in %.1fs; train classes %s",
         len(train_set),
@@ -329,7 +323,7 @@ def finalize(
     out = Path(cfg.out)
     train_set, val_set, test_set = splits or load_splits(cfg.data)
     if splits is None and cfg.limit:
-        train_set, val_set = _limit(train_set, cfg.limit), _limit(val_set, max(cfg.limit // 4, 8))
+        train_set, val_set = first_per_class(train_set, cfg.limit), first_per_class(val_set, max(cfg.limit // 4, 8))
     if weights is not None:
         out.mkdir(parents=True, exist_ok=True)
         model = build_model(cfg.channels, len(EMOTIONS), attention=cfg.segmentation == "attention", width=cfg.width)
@@ -473,14 +467,19 @@ def evaluate_faces(model: EmotionModel, faces: FaceSet, batch: int = 256, lift: 
 
 def served_probabilities(model: EmotionModel, faces: FaceSet, batch: int = 256, lift: bool = True) -> np.ndarray:
     """The served model's probabilities (N, classes) for already-cropped faces, as ``evaluate_faces`` scores them."""
+    return _predict(model, served_input(model, faces.images, lift), batch)
+
+
+def served_input(model: EmotionModel, images: np.ndarray, lift: bool = True) -> np.ndarray:
+    """The CNN's input for faces (N, 48, 48): lifted if dim, with the K-means channel if the model has one."""
     info = model.info
     seg = None
     if info.segmentation:
-        pixels = hashlib.sha256(faces.images.tobytes()).hexdigest()[:16]  # degraded faces have the same names
+        pixels = hashlib.sha256(images.tobytes()).hexdigest()[:16]  # degraded faces have the same names
         seg = segmentation_channels(
-            faces.images, info.segmentation_k, CACHE_DIR / f"seg-v{SEGMENTATION_VERSION}-k{info.segmentation_k}-eval-{pixels}.npy"
+            images, info.segmentation_k, CACHE_DIR / f"seg-v{SEGMENTATION_VERSION}-k{info.segmentation_k}-eval-{pixels}.npy"
         )
-    return _predict(model, model_input(lift_dim(faces.images) if lift else faces.images, seg), batch)
+    return model_input(lift_dim(images) if lift else images, seg)
 
 
 def _predict(model: EmotionModel, x: np.ndarray, batch: int = 256) -> np.ndarray:

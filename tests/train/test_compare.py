@@ -14,8 +14,8 @@ import pytest
 from pipeline.errors import DataError
 from tests.conftest import PYTHON, ROOT
 from tests.train.test_train import evaluate_cli, small_fer  # noqa: F401 (a fixture)
-from train.compare import MIX, Scored, _predicted, _recall, compare, first_per_class, paired_gain, parse_baseline
-from train.data import FaceSet
+from train.compare import MIX, Scored, _predicted, _recall, compare, paired_gain, parse_baseline
+from train.data import FaceSet, first_per_class
 
 MEMBERS = ROOT / "models" / "default" / "members"
 

@@ -17,7 +17,7 @@ from pipeline.vision.faces import SEGMENTATION_VERSION, model_input
 from pipeline.vision.model import EmotionModel, model_facts
 from tests.conftest import PYTHON, ROOT
 from train import train
-from train.data import FaceSet, load_splits
+from train.data import FaceSet, first_per_class, load_splits
 from train.train import TrainConfig, distill_targets, soften, teacher_probabilities
 
 
@@ -132,6 +132,6 @@ def test_a_student_trains_on_the_teachers_targets_and_records_it(fer_dir, model_
     assert cached.name == f"teacher-{fingerprint}-{training['data_fingerprint']}.npy"
     monkeypatch.setattr(train, "CACHE_DIR", cache)
     monkeypatch.setattr(EmotionModel, "predict", lambda self, x: pytest.fail("the teacher ran again"))
-    faces = train._limit(load_splits(fer_dir)[0], 10)
+    faces = first_per_class(load_splits(fer_dir)[0], 10)
     probs = teacher_probabilities(model_dir, faces, model_input(faces.images))
     np.testing.assert_array_equal(probs, np.load(cached))
